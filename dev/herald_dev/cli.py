@@ -1,0 +1,71 @@
+"""The `herald` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from herald_dev.stack import DevStack, dev_home
+
+
+def _dev_up(stack: DevStack) -> int:
+    stack.up()
+    print(f"herald dev stack is up (home {stack.home}).")
+    print('Use it from this shell with:  eval "$(herald dev env)"')
+    return 0
+
+
+def _dev_down(stack: DevStack) -> int:
+    stack.down()
+    print(f"herald dev stack stopped (its data stays in {stack.home}).")
+    return 0
+
+
+def _dev_status(stack: DevStack) -> int:
+    rows = stack.status_rows()
+    width = max(len(r[0]) for r in rows)
+    for name, state, pid, log in rows:
+        print(f"{name:<{width}}  {state:<19} pid {pid:<8} log {log}")
+    print(f"kubeconfig: {stack.cluster.kubeconfig}")
+    for key, value in stack.env().items():
+        if key != "KUBECONFIG":
+            print(f"{key}: {value}")
+    return 0 if all(r[1] == "healthy" for r in rows) else 1
+
+
+def _dev_env(stack: DevStack) -> int:
+    print(stack.env_script())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="herald",
+        description="Deliver notification campaigns once, inside their windows.")
+    commands = top.add_subparsers(dest="command", required=True)
+    dev = commands.add_parser(
+        "dev", help="a whole local stack without Docker",
+        description=f"A local Kubernetes control plane, Redis and an SMTP capture server, "
+                    f"kept in $HERALD_DEV_HOME (now {dev_home()}).")
+    actions = dev.add_subparsers(dest="action", required=True)
+    actions.add_parser("up", help="start what is not running; return once all is healthy") \
+        .set_defaults(run=_dev_up)
+    actions.add_parser("down", help="stop what `up` started").set_defaults(run=_dev_down)
+    actions.add_parser("status", help="each component's health; exit 1 unless all healthy") \
+        .set_defaults(run=_dev_status)
+    actions.add_parser("env", help='export lines: eval "$(herald dev env)"') \
+        .set_defaults(run=_dev_env)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(DevStack(dev_home())))
+    except (RuntimeError, TimeoutError, FileNotFoundError) as err:
+        print(f"herald: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
