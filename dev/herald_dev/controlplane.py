@@ -233,6 +233,7 @@ class ControlPlane:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--authentication-kubeconfig={self.kubeconfig}",
                 f"--authorization-kubeconfig={self.kubeconfig}",
+                "--authentication-skip-lookup",  # no front-proxy CA here; skip looking for one
                 "--leader-elect=false",
                 f"--controllers={','.join(CONTROLLERS)}",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",

@@ -84,11 +84,12 @@ class Service:
 
     def _is_ours(self, pid: int) -> bool:
         # A stale pid file may name a pid the system has since given to another program.
+        # Some servers (redis) rewrite their title, so compare the program's name only.
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, UnicodeDecodeError):
             return False
-        return cmdline[0].decode(errors="replace") == str(self.argv[0])
+        return os.path.basename(title.split(" ")[0]) == os.path.basename(self.argv[0])
 
     def healthy(self) -> bool:
         try:
@@ -114,8 +115,9 @@ class Service:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        pid = self.pid()
         while time.monotonic() < deadline:
-            if not self.running():
+            if pid is None or not pid_alive(pid):
                 raise RuntimeError(f"{self.name} exited while starting:\n{self.log_tail()}")
             if self.healthy():
                 return

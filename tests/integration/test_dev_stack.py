@@ -14,7 +14,7 @@ import redis
 from herald_dev.services import pid_alive
 from herald_dev.stack import DevStack
 
-HERALD = [sys.executable, "-m", "herald_dev.cli"]
+HERALD = [sys.executable, "-m", "herald_dev.cli", "dev"]
 
 
 def herald(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
