@@ -10,11 +10,13 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -24,6 +26,23 @@ from herald_dev import build
 from herald_dev.controlplane import ControlPlane
 from herald_dev.servers import capture_service, redis_service, smtp_sink_service
 from herald_dev.services import Service, free_port, start_all, stop_all
+from herald_dev.stack import MANIFESTS, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, operator_service
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
+    """Poll until predicate() is truthy; return its value, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    if not value:
+        pytest.fail(f"condition not met within {timeout:.0f} s")
+    return value
+
 
 # fixture name → the services it runs, for log tails on failure
 _SERVICES_BY_FIXTURE: dict[str, list[Service]] = {}
@@ -145,3 +164,40 @@ def smtp_sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     _run("smtp_sink", [service])
     yield port
     stop_all([service])
+
+
+@pytest.fixture(scope="session")
+def herald_installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Path:
+    """Herald's CRDs and RBAC on the session's cluster; yields the operator's kubeconfig."""
+    control_plane.install(*MANIFESTS)
+    path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
+    return control_plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, path)
+
+
+@pytest.fixture
+def start_operator(herald_installed: Path, tmp_path: Path, request: pytest.FixtureRequest
+                   ) -> Iterator[Callable[..., Service]]:
+    """Start `herald operator` processes (as its ServiceAccount); all stop after the test."""
+    started: list[Service] = []
+    peering = f"herald-{uuid.uuid4().hex[:8]}"  # no stale peers from earlier tests
+
+    def start(*extra: str) -> Service:
+        health = free_port()
+        service = operator_service(tmp_path / f"operator-{len(started)}", herald_installed,
+                                   health, free_port(), "redis://127.0.0.1:1/0")
+        service.name = f"herald-operator-{len(started)}"
+        service.argv = [*service.argv, "--peering", peering, "--resync-seconds", "3", *extra]
+        started.append(service)
+        _SERVICES_BY_FIXTURE["start_operator"] = started
+        service.start(attached=True)
+        service.wait_ready(60)
+        return service
+
+    yield start
+    stop_all(started)
+
+
+@pytest.fixture
+def operator(start_operator: Callable[..., Service]) -> Service:
+    return start_operator()

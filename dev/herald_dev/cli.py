@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from herald_dev.stack import DevStack, dev_home
+from herald_operator import main as operator_main
 
 
 def _dev_up(stack: DevStack) -> int:
@@ -43,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
         prog="herald",
         description="Deliver notification campaigns once, inside their windows.")
     commands = top.add_subparsers(dest="command", required=True)
+    operator = commands.add_parser(
+        "operator", help="run the operator (the Deployment's entry point)",
+        description="Reconcile NotificationCampaigns into CronJobs, RBAC and status. "
+                    "Uses the in-cluster configuration, or KUBECONFIG.")
+    operator_main.add_arguments(operator)
+    operator.set_defaults(run=operator_main.run)
     dev = commands.add_parser(
         "dev", help="a whole local stack without Docker",
         description=f"A local Kubernetes control plane, Redis and an SMTP capture server, "
@@ -60,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "operator":
+        return int(args.run(args))
     try:
         return int(args.run(DevStack(dev_home())))
     except (RuntimeError, TimeoutError, FileNotFoundError) as err:

@@ -11,7 +11,7 @@ import datetime
 import ipaddress
 import json
 import ssl
-import urllib.request
+import subprocess
 from pathlib import Path
 
 from cryptography import x509
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from herald_dev import build
-from herald_dev.services import Service, free_port
+from herald_dev.services import Service, free_port, http_ok
 
 SERVICE_CIDR = "10.0.0.0/24"
 # The controllers Herald relies on, and not the node lifecycle one: no kubelet sends
@@ -149,29 +149,31 @@ class ControlPlane:
             (self.pki / f"{name}.crt").write_bytes(_pem(cert))
         (self.pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        self.kubeconfig.write_text(json.dumps({
+        self._write_kubeconfig(self.kubeconfig, "herald-admin", {
+            "client-certificate": str(self.pki / "admin.crt"),
+            "client-key": str(self.pki / "admin.key")})
+
+    def _write_kubeconfig(self, path: Path, user: str, credentials: dict[str, str],
+                          namespace: str | None = None) -> None:
+        context: dict[str, str] = {"cluster": "herald-local", "user": user}
+        if namespace:
+            context["namespace"] = namespace
+        path.write_text(json.dumps({
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "herald-local", "cluster": {
                 "server": self.server,
                 "certificate-authority": str(self.pki / "ca.crt")}}],
-            "users": [{"name": "herald-admin", "user": {
-                "client-certificate": str(self.pki / "admin.crt"),
-                "client-key": str(self.pki / "admin.key")}}],
-            "contexts": [{"name": "herald-local", "context": {
-                "cluster": "herald-local", "user": "herald-admin"}}],
-            "current-context": "herald-local",
+            "users": [{"name": user, "user": credentials}],
+            "contexts": [{"name": user, "context": context}],
+            "current-context": user,
         }, indent=2))
-        self.kubeconfig.chmod(0o600)
+        path.chmod(0o600)
 
     def _admin_ssl(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
         return ctx
-
-    def _get_ok(self, url: str, ctx: ssl.SSLContext | None = None) -> bool:
-        with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
-            return int(resp.status) == 200
 
     def _etcd(self) -> Service:
         client = f"http://127.0.0.1:{self.ports['etcd']}"
@@ -191,7 +193,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
             workdir=self.workdir,
-            ready=lambda: self._get_ok(f"{client}/health"),
+            ready=lambda: http_ok(f"{client}/health"),
         )
 
     def _apiserver(self) -> Service:
@@ -218,7 +220,7 @@ class ControlPlane:
                 "--v=1",
             ],
             workdir=self.workdir,
-            ready=lambda: self._get_ok(f"{self.server}/readyz", self._admin_ssl()),
+            ready=lambda: http_ok(f"{self.server}/readyz", self._admin_ssl()),
         )
 
     def _controller_manager(self) -> Service:
@@ -245,5 +247,28 @@ class ControlPlane:
                 "--v=1",
             ],
             workdir=self.workdir,
-            ready=lambda: self._get_ok(f"https://127.0.0.1:{port}/healthz", insecure),
+            ready=lambda: http_ok(f"https://127.0.0.1:{port}/healthz", insecure),
         )
+
+    def kubectl(self, *args: str, input_: str | None = None, timeout: float = 60) -> str:
+        """Run the built kubectl as the admin; return its output."""
+        done = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def install(self, *manifests: Path) -> None:
+        """Apply manifests (server-side) and wait until their CRDs serve."""
+        files = [arg for m in manifests for arg in ("-f", str(m))]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *files)
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path,
+                                   seconds: int = 7 * 24 * 3600) -> Path:
+        """A kubeconfig that acts as a ServiceAccount, from a TokenRequest, at `path`."""
+        token = self.kubectl("create", "token", name, "-n", namespace,
+                             f"--duration={seconds}s").strip()
+        self._write_kubeconfig(path, name, {"token": token}, namespace)
+        return path

@@ -10,13 +10,31 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from herald_dev import build
 from herald_dev.controlplane import ControlPlane
 from herald_dev.servers import capture_service, redis_service
-from herald_dev.services import Service, free_port, start_all, stop_all
+from herald_dev.services import Service, free_port, http_ok, start_all, stop_all
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = [REPO / "manifests" / "crds", REPO / "manifests" / "rbac"]
+OPERATOR_NAMESPACE, OPERATOR_ACCOUNT = "herald-system", "herald-operator"
+
+
+def operator_service(workdir: Path, kubeconfig: Path, health_port: int, metrics_port: int,
+                     redis_url: str) -> Service:
+    """`herald operator` as a local process, on loopback."""
+    return Service(
+        name="herald-operator",
+        argv=[sys.executable, "-m", "herald_dev.cli", "operator", "--listen", "127.0.0.1",
+              "--health-port", str(health_port), "--metrics-port", str(metrics_port)],
+        workdir=workdir,
+        env={"KUBECONFIG": str(kubeconfig), "HERALD_JOB_REDIS_URL": redis_url},
+        ready=lambda: http_ok(f"http://127.0.0.1:{health_port}/healthz"),
+    )
 
 
 def dev_home() -> Path:
@@ -31,18 +49,25 @@ class DevStack:
     def __post_init__(self) -> None:
         self.cluster = ControlPlane(self.home / "cluster")
         self.maildir = self.home / "mail"
+        # Ports are chosen once and kept, so a later `up` serves on the same ones.
         ports_file = self.home / "ports.json"
-        if ports_file.exists():
-            self.ports: dict[str, int] = json.loads(ports_file.read_text())
-        else:
+        self.ports: dict[str, int] = (
+            json.loads(ports_file.read_text()) if ports_file.exists() else {})
+        names = ("redis", "smtp", "operator_health", "operator_metrics")
+        if any(name not in self.ports for name in names):
+            self.ports |= {n: free_port() for n in names if n not in self.ports}
             self.home.mkdir(parents=True, exist_ok=True)
-            self.ports = {"redis": free_port(), "smtp": free_port()}
             ports_file.write_text(json.dumps(self.ports))
-        self.services: list[Service] = [
+        self.operator_kubeconfig = self.home / "operator.kubeconfig"
+        self.servers: list[Service] = [
             *self.cluster.services,
             redis_service(self.home, self.ports["redis"]),
             capture_service(self.home, self.ports["smtp"], self.maildir),
         ]
+        self.operator = operator_service(
+            self.home, self.operator_kubeconfig, self.ports["operator_health"],
+            self.ports["operator_metrics"], self.env()["HERALD_REDIS_URL"])
+        self.services = [*self.servers, self.operator]
 
     def up(self) -> None:
         if not build.is_built():
@@ -50,7 +75,13 @@ class DevStack:
                   flush=True)
             build.build()
         self.cluster.prepare()
-        start_all(self.services, attached=False, timeout=120)
+        start_all(self.servers, attached=False, timeout=120)
+        if not self.operator.healthy():
+            self.cluster.install(*MANIFESTS)
+            # The operator runs as its own ServiceAccount, so its RBAC is the real one.
+            self.cluster.service_account_kubeconfig(
+                OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, self.operator_kubeconfig)
+        start_all([self.operator], attached=False, timeout=60)
 
     def down(self) -> None:
         stop_all(self.services)

@@ -7,6 +7,8 @@ import time
 import pytest
 from kubernetes import client
 
+from tests.conftest import wait_for
+
 WIDGET_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
@@ -30,17 +32,6 @@ WIDGET_CRD = {
         }],
     },
 }
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5):
-    """Poll until predicate() is truthy; return its value, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"condition not met within {timeout:.0f} s")
 
 
 def test_configmap_round_trip_in_a_fresh_namespace(api: client.ApiClient, namespace: str) -> None:

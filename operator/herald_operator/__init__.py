@@ -1,0 +1,1 @@
+"""The Herald operator: NotificationCampaigns into CronJobs, RBAC and status."""

@@ -1,0 +1,151 @@
+"""`herald operator`: kopf with peering, a resync loop, health and metrics endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import sys
+from typing import Any, cast
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import start_http_server
+
+from herald_api import GROUP
+from herald_operator import handlers  # noqa: F401  (registers the handlers)
+from herald_operator.builders import JobSettings
+from herald_operator.kube import Kube
+from herald_operator.reconcile import reconcile_all
+
+log = logging.getLogger("herald.operator")
+REQUIRED_CRDS = (f"notificationcampaigns.{GROUP}", f"deliveryhalts.{GROUP}",
+                 "clusterkopfpeerings.kopf.dev")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1",
+                        help="address of the health and metrics endpoints (in a pod: 0.0.0.0)")
+    parser.add_argument("--health-port", type=int, default=8080, help="serves /healthz")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="serves /metrics")
+    parser.add_argument("--peering", default="herald",
+                        help="the ClusterKopfPeering through which replicas agree who acts")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority; the highest live one acts (default: random, "
+                             "so that two replicas never tie and freeze each other)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="no peering: for a single replica only")
+    parser.add_argument("--resync-seconds", type=float, default=15.0,
+                        help="how often every campaign is checked again (drift, windows)")
+
+
+def _load_config() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def _check_crds(api: client.ApiClient) -> str | None:
+    ext = client.ApiextensionsV1Api(api)
+    for name in REQUIRED_CRDS:
+        try:
+            ext.read_custom_resource_definition(name)
+        except ApiException as err:
+            if err.status == 404:
+                return (f"the CRD {name} is not installed: apply manifests/crds/ "
+                        f"(kubectl apply -f manifests/crds/) or install the Helm chart")
+            raise
+    return None
+
+
+def _ensure_peering(api: client.ApiClient, name: str) -> None:
+    try:
+        client.CustomObjectsApi(api).create_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings",
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+             "metadata": {"name": name}})
+    except ApiException as err:
+        if err.status != 409:
+            raise
+
+
+def is_leader(api: client.ApiClient, peering: str, identity: str, now: dt.datetime) -> bool:
+    """Whether this replica has the highest priority among the live peers."""
+    try:
+        obj = cast(dict[str, Any], client.CustomObjectsApi(api).get_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", peering))
+    except ApiException:
+        return False
+    best: tuple[int, str] | None = None
+    for peer, info in (obj.get("status") or {}).items():
+        try:
+            seen = dt.datetime.fromisoformat(str(info["lastseen"]))
+            if seen.tzinfo is None:
+                seen = seen.replace(tzinfo=dt.UTC)
+            alive = seen + dt.timedelta(seconds=float(info.get("lifetime", 60))) > now
+            priority = int(info.get("priority", 0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if alive and (best is None or (priority, peer) > best):
+            best = (priority, peer)
+    return best is not None and best[1] == identity
+
+
+async def _resync(kube: Kube, settings: JobSettings, args: argparse.Namespace,
+                  identity: str) -> None:
+    """Every campaign again, now and then: repairs drift and moves window status along."""
+    while True:
+        await asyncio.sleep(args.resync_seconds)
+        now = dt.datetime.now(dt.UTC)
+        try:
+            leader = args.standalone or await asyncio.to_thread(
+                is_leader, kube.api, args.peering, identity, now)
+            if leader:
+                await asyncio.to_thread(reconcile_all, kube, settings)
+        except Exception:
+            log.exception("resync failed")
+
+
+async def _run(args: argparse.Namespace, api: client.ApiClient) -> None:
+    kube = Kube(api)
+    settings = JobSettings.from_env()
+    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
+    identity = f"{socket.gethostname()}-{os.getpid()}"
+    start_http_server(args.metrics_port, addr=args.listen)
+    kube.ensure_halt_object()
+    if not args.standalone:
+        _ensure_peering(api, args.peering)
+    log.info("operator starting", extra={"identity": identity, "priority": priority})
+    operator = asyncio.create_task(kopf.operator(
+        clusterwide=True,
+        standalone=args.standalone,
+        peering_name=args.peering,
+        priority=priority,
+        identity=identity,  # type: ignore[arg-type]
+        liveness_endpoint=f"http://{args.listen}:{args.health_port}/healthz",
+        memo=kopf.Memo(kube=kube, settings=settings),
+    ))
+    resync = asyncio.create_task(_resync(kube, settings, args, identity))
+    try:
+        await operator
+    finally:
+        resync.cancel()
+
+
+def run(args: argparse.Namespace) -> int:
+    kopf.configure(log_format=kopf.LogFormat.JSON, verbose=False)
+    api = _load_config()
+    problem = _check_crds(api)
+    if problem:
+        print(f"herald operator: {problem}", file=sys.stderr)
+        return 2
+    asyncio.run(_run(args, api))
+    return 0
+

@@ -1,0 +1,236 @@
+"""One pass over a campaign: check it, apply what it should own, delete what it should not,
+and rebuild its status from the state of the world.
+
+Every pass does the whole job, so it is safe to run it again at any time: after an edit,
+after a restart, on a timer, or after somebody deleted a CronJob by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import ValidationError
+
+from herald_api.models import CampaignSpec
+from herald_api.names import CAMPAIGN_ANNOTATION
+from herald_api.windows import is_open, next_window_start
+from herald_operator import metrics
+from herald_operator.builders import Campaign, JobSettings, cronjobs, job_access
+from herald_operator.conditions import condition, is_true
+from herald_operator.kube import Kube
+
+log = logging.getLogger("herald.operator")
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def spec_problem(raw: dict[str, Any]) -> tuple[CampaignSpec | None, str | None]:
+    """The parsed spec, or the first thing wrong with it, naming the field."""
+    try:
+        spec = CampaignSpec.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        return None, f"{field_path(first['loc'])}: {first['msg']}"
+    try:
+        ZoneInfo(spec.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return spec, f"spec.timeZone: unknown time zone {spec.time_zone!r}"
+    return spec, None
+
+
+def reference_problem(kube: Kube, namespace: str, spec: CampaignSpec) -> str | None:
+    """A ConfigMap, Secret or key the spec names but the namespace lacks."""
+    refs: list[tuple[str, str, str, set[str]]] = []
+    for i, ref in enumerate(spec.audience.config_maps):
+        refs.append((f"spec.audience.configMaps[{i}]", "ConfigMap", ref.name, {ref.key}))
+    for i, ref in enumerate(spec.audience.secrets):
+        refs.append((f"spec.audience.secrets[{i}]", "Secret", ref.name, {ref.key}))
+    if spec.smtp.credentials_secret_ref:
+        refs.append(("spec.smtp.credentialsSecretRef", "Secret",
+                     spec.smtp.credentials_secret_ref.name, {"username", "password"}))
+    for path, kind, name, wanted in refs:
+        keys = kube.data_keys(kind, namespace, name)
+        if keys is None:
+            return f"{path}.name: {kind} {name!r} not found in namespace {namespace!r}"
+        missing = sorted(wanted - keys)
+        if missing:
+            return f"{path}: {kind} {name!r} has no key {missing[0]!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a pass found out, from which status is derived."""
+
+    halted: bool
+    halt_reason: str
+    problem: str | None
+    suspended: bool
+    running: bool
+    window_open: bool
+    cron_jobs: list[str]
+
+
+def phase_of(f: Facts) -> str:
+    if f.halted:
+        return "Halted"
+    if f.problem:
+        return "Invalid"
+    if f.suspended:
+        return "Suspended"
+    if f.running:
+        return "Running"
+    return "Scheduled" if f.cron_jobs else "Pending"
+
+
+def conditions_of(f: Facts, old: list[dict[str, Any]], generation: int,
+                  now: dt.datetime) -> list[dict[str, Any]]:
+    def make(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+        return condition(type_, status, reason, message, old, generation, now)
+
+    ready = not (f.halted or f.problem) and bool(f.cron_jobs)
+    return [
+        make("Ready", ready, "CronJobsReady" if ready else "NotReady",
+             f"CronJobs: {', '.join(f.cron_jobs)}" if ready else "no CronJobs to run"),
+        make("Suspended", f.suspended, "SuspendedBySpec" if f.suspended else "NotSuspended",
+             "spec.suspend is true" if f.suspended else ""),
+        make("WindowOpen", f.window_open and not f.problem,
+             "InsideWindow" if f.window_open else "OutsideWindow", ""),
+        make("Invalid", bool(f.problem), "InvalidSpec" if f.problem else "Valid",
+             f.problem or ""),
+        make("Halted", f.halted, "ClusterHalt" if f.halted else "NotHalted",
+             f.halt_reason if f.halted else ""),
+    ]
+
+
+def events_of(old: dict[str, Any], new: dict[str, Any], generation: int
+              ) -> list[tuple[str, str, str]]:
+    """(type, reason, message) for what changed between two statuses."""
+    events = []
+    old_conditions = old.get("conditions") or []
+    new_conditions = new["conditions"]
+    if old.get("observedGeneration") is None:
+        events.append(("Normal", "Created", f"CronJobs: {', '.join(new['cronJobs']) or 'none'}"))
+    elif old.get("observedGeneration") != generation:
+        events.append(("Normal", "Updated", f"generation {generation} applied; CronJobs: "
+                       f"{', '.join(new['cronJobs']) or 'none'}"))
+    for type_, on, off in (("Suspended", "Suspended", "Resumed"),
+                           ("Halted", "Halted", "HaltLifted")):
+        before, after = is_true(old_conditions, type_), is_true(new_conditions, type_)
+        if before != after:
+            events.append(("Warning" if after and type_ == "Halted" else "Normal",
+                           on if after else off,
+                           "delivery stopped" if after else "delivery may go on"))
+    invalid = next(c for c in new_conditions if c["type"] == "Invalid")
+    old_invalid = [c for c in old_conditions if c.get("type") == "Invalid"]
+    if invalid["status"] == "True" and (
+            not old_invalid or old_invalid[0].get("message") != invalid["message"]):
+        events.append(("Warning", "InvalidSpec", invalid["message"]))
+    return events
+
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def reconcile(kube: Kube, namespace: str, name: str, settings: JobSettings,
+              now: dt.datetime | None = None) -> str | None:
+    """Bring one campaign in line with its spec; return its phase (None: it is gone).
+
+    Handlers and the resync loop run in different threads: one pass at a time per
+    campaign, each on a fresh read, so two passes never both announce the same change.
+    """
+    with _locks_guard:
+        lock = _locks.setdefault((namespace, name), threading.Lock())
+    with lock:
+        body = kube.campaign(namespace, name)
+        if body is None:
+            return None
+        return _reconcile(kube, body, settings, now or dt.datetime.now(dt.UTC))
+
+
+def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
+               now: dt.datetime) -> str:
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta["generation"]
+    old_status = body.get("status") or {}
+    halt = kube.halt()
+    halted = bool(halt.get("halted"))
+
+    spec, problem = spec_problem(body.get("spec") or {})
+    if spec and not problem:
+        problem = reference_problem(kube, namespace, spec)
+    desired: list[dict[str, Any]] = []
+    if spec and not problem:
+        campaign = Campaign(namespace, name, meta["uid"], spec)
+        for obj in job_access(campaign):
+            kube.apply(obj)
+        desired = cronjobs(campaign, settings, suspend=spec.suspend or halted)
+        for obj in desired:
+            kube.apply(obj)
+    wanted = {obj["metadata"]["name"] for obj in desired}
+    running = False
+    for existing in kube.owned("batch/v1", "CronJob", namespace, namespace, name):
+        cj_name = existing["metadata"]["name"]
+        if cj_name not in wanted:
+            kube.delete("batch/v1", "CronJob", cj_name, namespace)
+        elif (existing.get("status") or {}).get("active"):
+            running = True
+
+    zone = ZoneInfo(spec.time_zone) if spec and not problem else None
+    facts = Facts(
+        halted=halted,
+        halt_reason=str(halt.get("reason") or "DeliveryHalt 'cluster' is halted"),
+        problem=problem,
+        suspended=bool(spec and spec.suspend),
+        running=running,
+        window_open=bool(spec and zone and is_open(spec.windows, zone, now)),
+        cron_jobs=sorted(wanted),
+    )
+    next_start = next_window_start(spec.windows, zone, now) if spec and zone else None
+    status = {
+        "phase": phase_of(facts),
+        "observedGeneration": generation,
+        "cronJobs": facts.cron_jobs,
+        "nextWindowStart": next_start.isoformat() if next_start else None,
+        "conditions": conditions_of(facts, old_status.get("conditions") or [], generation, now),
+    }
+    changed = {k: v for k, v in status.items() if old_status.get(k) != v}
+    if changed:
+        kube.patch_campaign_status(namespace, name, changed)
+    for type_, reason, message in events_of(old_status, status, generation):
+        kube.event(body, type_, reason, message)
+    metrics.RECONCILES.inc()
+    return str(status["phase"])
+
+
+def reconcile_all(kube: Kube, settings: JobSettings) -> None:
+    """Every campaign, then the cluster-wide bindings whose campaign is gone."""
+    phases: dict[str, int] = {}
+    for body in kube.campaigns():
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            phase = reconcile(kube, namespace, name, settings)
+        except Exception:
+            metrics.ERRORS.inc()
+            log.exception("reconcile failed", extra={"campaign": f"{namespace}/{name}"})
+            continue
+        if phase:
+            phases[phase] = phases.get(phase, 0) + 1
+    metrics.set_phases(phases)
+    for binding in kube.all_managed("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"):
+        owner = (binding["metadata"].get("annotations") or {}).get(CAMPAIGN_ANNOTATION, "")
+        namespace, _, name = owner.partition("/")
+        if name and kube.campaign(namespace, name) is None:
+            kube.delete("rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+                        binding["metadata"]["name"], None)
