@@ -19,7 +19,7 @@ controlplane: setup
 	$(BIN)/python -m herald_dev.build
 
 lint: setup
-	$(BIN)/ruff check dev operator tests
+	$(BIN)/ruff check dev operator jobs tests
 	$(BIN)/mypy
 
 unit: setup

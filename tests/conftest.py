@@ -44,8 +44,9 @@ def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.5) 
     return value
 
 
-# fixture name → the services it runs, for log tails on failure
+# fixture name → the services it runs / other log files, for log tails on failure
 _SERVICES_BY_FIXTURE: dict[str, list[Service]] = {}
+LOGS_BY_FIXTURE: dict[str, list[Path]] = {}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -55,6 +56,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         for name in getattr(item, "fixturenames", ()):
             for service in _SERVICES_BY_FIXTURE.get(name, ()):
                 report.sections.append((f"log of {service.name}", service.log_tail(40)))
+            for path in LOGS_BY_FIXTURE.get(name, ()):
+                tail = "\n".join(path.read_text(errors="replace").splitlines()[-40:])
+                report.sections.append((f"log {path.name}", tail))
     return report
 
 

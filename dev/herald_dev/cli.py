@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from herald_dev.stack import DevStack, dev_home
+from herald_jobs import main as job_main
 from herald_operator import main as operator_main
 
 
@@ -50,6 +51,12 @@ def parser() -> argparse.ArgumentParser:
                     "Uses the in-cluster configuration, or KUBECONFIG.")
     operator_main.add_arguments(operator)
     operator.set_defaults(run=operator_main.run)
+    job = commands.add_parser(
+        "job", help="run one delivery run (the CronJob pods' entry point)",
+        description="Deliver one campaign's pending messages, then exit. Reads the campaign "
+                    "from the API (in-cluster configuration, or KUBECONFIG).")
+    job_main.add_arguments(job)
+    job.set_defaults(run=job_main.run)
     dev = commands.add_parser(
         "dev", help="a whole local stack without Docker",
         description=f"A local Kubernetes control plane, Redis and an SMTP capture server, "
@@ -67,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "operator":
+    if args.command in ("operator", "job"):
         return int(args.run(args))
     try:
         return int(args.run(DevStack(dev_home())))

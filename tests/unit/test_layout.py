@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_ROOTS = ["dev", "operator"]
+SOURCE_ROOTS = ["dev", "operator", "jobs"]
 
 
 def test_no_folder_is_importable_as_operator() -> None:

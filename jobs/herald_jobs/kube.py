@@ -1,0 +1,84 @@
+"""The worker's few reads of the Kubernetes API (its ServiceAccount allows no more)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from herald_api import GROUP, VERSION
+from herald_api.models import CampaignSpec, Message
+from herald_jobs.audience import AudienceError, AudienceReader, secret_text
+
+PLURAL = "notificationcampaigns"
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster configuration in a pod, KUBECONFIG elsewhere."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class CampaignSource:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.namespace, self.name = namespace, name
+
+    def read(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name))
+
+    def patch_status(self, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
+
+    def audience(self, spec: CampaignSpec) -> AudienceReader:
+        """The audience's sources, read afresh."""
+        maps, secrets = [], []
+        for i, ref in enumerate(spec.audience.config_maps):
+            data = self._data("ConfigMap", f"spec.audience.configMaps[{i}]", ref.name)
+            maps.append(self._key(data, f"spec.audience.configMaps[{i}]", ref.name, ref.key))
+        for i, ref in enumerate(spec.audience.secrets):
+            data = self._data("Secret", f"spec.audience.secrets[{i}]", ref.name)
+            value = self._key(data, f"spec.audience.secrets[{i}]", ref.name, ref.key)
+            secrets.append(secret_text(value))
+        return AudienceReader(spec.audience, maps, secrets)
+
+    def credentials(self, spec: CampaignSpec) -> tuple[str | None, str | None]:
+        ref = spec.smtp.credentials_secret_ref
+        if ref is None:
+            return None, None
+        data = self._data("Secret", "spec.smtp.credentialsSecretRef", ref.name)
+        return (secret_text(self._key(data, "spec.smtp.credentialsSecretRef", ref.name,
+                                      "username")),
+                secret_text(self._key(data, "spec.smtp.credentialsSecretRef", ref.name,
+                                      "password")))
+
+    def _data(self, kind: str, field: str, name: str) -> dict[str, str]:
+        try:
+            read = (self.core.read_namespaced_config_map if kind == "ConfigMap"
+                    else self.core.read_namespaced_secret)
+            data = read(name, self.namespace).data or {}
+            return {str(k): str(v) for k, v in data.items()}
+        except ApiException as err:
+            raise AudienceError(f"{field}.name: cannot read {kind} {name!r}: "
+                                f"{err.status} {err.reason}") from err
+
+    @staticmethod
+    def _key(data: dict[str, str], field: str, name: str, key: str) -> str:
+        if key not in data:
+            raise AudienceError(f"{field}: {name!r} has no key {key!r}")
+        return data[key]
+
+
+def content_key(message: Message) -> str:
+    """The dedupe key a campaign gets at its first send when none is set: spec.message's hash."""
+    canonical = json.dumps(message.model_dump(by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,361 @@
+"""The ledger: what was sent to whom, and who may send what next.
+
+THE DELIVERY GUARANTEE. Every recipient of a round (campaign namespace/name + dedupe key)
+has one ledger entry whose state only moves forward:
+
+    pending ──mark──▶ handing ──▶ sent | unknown | failed          (terminal)
+       ▲                 │
+       └──── retry ◀─────┘ (only on a definite answer, or under AtLeastOnce)
+    pending ──▶ failed (invalid address, render error, permanent reply, out of attempts)
+    pending ──▶ withdrawn (left the audience before it was sent)
+
+A pod works on a recipient only while it holds the recipient's lease: a claim gives a
+batch a fresh fencing token and an expiry kept in Redis (Redis's clock, not the pod's).
+The last step before a message's data goes to SMTP is `mark`: a script that moves the entry
+from pending to handing *only if* the caller's token still holds an unexpired lease. A pod
+that was paused, cut off or simply slow past its lease therefore cannot hand over anything
+another pod has since taken; the mark is never skipped for speed.
+
+Why each outcome is what it is:
+- sent: the server answered the data with 2xx. Terminal; never sent again in this round.
+- unknown: the server said 354 ("go ahead") and then nothing we could read as 2xx — a
+  timeout, a dropped connection, another code. It may well have taken the message (the
+  03:30 incident), so under AtMostOnce this is terminal and never resent. Under AtLeastOnce
+  it is retried with the same Message-ID, at most maxAttempts times in all.
+- retry: a definite temporary refusal before the data (a 4xx to RCPT, or to DATA itself):
+  the server did not take the message, so trying again later cannot duplicate it. It uses
+  one of the recipient's attempts; out of attempts it is failed.
+- release: the recipient was never offered (the relay was down or refused the connection,
+  or the run is stopping): back to pending without using an attempt.
+- failed: a permanent 5xx, an invalid address or a template that cannot be rendered.
+- A pod that takes over an expired lease finds each recipient either still pending (it
+  was never handed over: tried again) or handing (it may have been sent: unknown under
+  AtMostOnce, retried under AtLeastOnce). A crash costs at most the messages in flight.
+
+The ledger and its counts live for 400 days after the last send, keyed by namespace/name,
+so a deleted and re-applied campaign resends nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from herald_jobs.keys import RETENTION_SECONDS, CampaignKeys
+
+TERMINAL = ("sent", "failed", "unknown", "withdrawn")
+COUNT_FIELDS = ("total", "pending", "sent", "failed", "unknown", "withdrawn",
+                "duplicatesInAudience", "duplicatesPrevented")
+
+# Shared Lua: Redis's clock in ms, a counter move, and entry (de)serialisation.
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function move(counts, from, to)
+  if from then redis.call('HINCRBY', counts, from, -1) end
+  if to then redis.call('HINCRBY', counts, to, 1) end
+  redis.call('HINCRBY', counts, 'version', 1)
+end
+local function get_entry(ledger, id)
+  local raw = redis.call('HGET', ledger, id)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+local function put_entry(ledger, id, e)
+  redis.call('HSET', ledger, id, cjson.encode(e))
+end
+"""
+
+# KEYS: ledger, recipients, queue, counts, seen
+# ARGV: retention seconds, then (identity, payload JSON, invalid reason or "") triples.
+# New recipients become pending (queued now) or failed (invalid address); a repeat within
+# this audience counts as a duplicate; a recipient the ledger already has keeps its state.
+_SEED = _PRELUDE + """
+local now = now_ms()
+local added = 0
+for i = 2, #ARGV, 3 do
+  local id, payload, invalid = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('SADD', KEYS[5], id) == 0 then
+    redis.call('HINCRBY', KEYS[4], 'duplicatesInAudience', 1)
+  else
+    local e = get_entry(KEYS[1], id)
+    if not e then
+      redis.call('HINCRBY', KEYS[4], 'total', 1)
+      if invalid ~= '' then
+        put_entry(KEYS[1], id, {s = 'failed', a = 0, r = invalid, u = now})
+        move(KEYS[4], nil, 'failed')
+      else
+        redis.call('HSET', KEYS[2], id, payload)
+        put_entry(KEYS[1], id, {s = 'pending', a = 0, u = now})
+        redis.call('ZADD', KEYS[3], now, id)
+        move(KEYS[4], nil, 'pending')
+        added = added + 1
+      end
+    elseif e.s == 'pending' then
+      redis.call('HSET', KEYS[2], id, payload)  -- not sent yet: the newest variables count
+    end
+  end
+end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+return added
+"""
+
+# KEYS: queue, leases, holders, fence, ledger, recipients, counts
+# ARGV: how many, lease ms, guarantee, max attempts, retention seconds
+# First takes over expired leases (see the module docstring), then claims up to `how many`
+# recipients that are due, under a new fencing token.
+# Returns {token, id1, payload1, attempts1, id2, …}.
+_CLAIM = _PRELUDE + """
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  local e = get_entry(KEYS[5], id)
+  if e and e.s == 'handing' then
+    if ARGV[3] == 'AtLeastOnce' and e.a < tonumber(ARGV[4]) then
+      e.s = 'pending'
+      redis.call('ZADD', KEYS[1], now, id)
+    else
+      e.s = 'unknown'
+      e.r = 'lease expired while handing over'
+      move(KEYS[7], 'pending', 'unknown')
+    end
+    e.u = now
+    put_entry(KEYS[5], id, e)
+  elseif e and e.s == 'pending' then
+    redis.call('ZADD', KEYS[1], now, id)
+  end
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+if #ids == 0 then return out end
+local token = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+out[1] = token
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
+  redis.call('HSET', KEYS[3], id, token)
+  local e = get_entry(KEYS[5], id)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[6], id) or ''
+  out[#out + 1] = e and e.a or 0
+end
+return out
+"""
+
+# KEYS: ledger, leases, holders, counts
+# ARGV: identity, token
+# The fenced mark: pending → handing, only under the caller's unexpired lease.
+# Returns {'ok', attempts} | {'lost'} | {'done', state}.
+_MARK = _PRELUDE + """
+local id, token = ARGV[1], ARGV[2]
+if redis.call('HGET', KEYS[3], id) ~= token then return {'lost'} end
+local expiry = redis.call('ZSCORE', KEYS[2], id)
+if not expiry or tonumber(expiry) <= now_ms() then return {'lost'} end
+local e = get_entry(KEYS[1], id)
+if not e or e.s ~= 'pending' then
+  redis.call('HINCRBY', KEYS[4], 'duplicatesPrevented', 1)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  return {'done', e and e.s or 'missing'}
+end
+e.s = 'handing'
+e.a = e.a + 1
+e.t = token
+e.u = now_ms()
+put_entry(KEYS[1], id, e)
+return {'ok', e.a}
+"""
+
+# KEYS: ledger, leases, holders, queue, counts, recipients
+# ARGV: identity, token, outcome, reason, guarantee, max attempts, requeue delay ms,
+#       uses an attempt (1/0), retention seconds
+# Records an outcome for a recipient the caller holds. A late `sent` for a recipient that
+# another pod already declared unknown (same token) still counts: it is the truth.
+# Returns the recipient's new state, or 'stale'.
+_RECORD = _PRELUDE + """
+local id, token, outcome, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local max_attempts, backoff = tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = now_ms()
+local e = get_entry(KEYS[1], id)
+if not e then return 'stale' end
+if redis.call('HGET', KEYS[3], id) ~= token then
+  if outcome == 'sent' and e.s == 'unknown' and e.t == token then
+    e.s = 'sent'
+    e.r = nil
+    e.u = now
+    put_entry(KEYS[1], id, e)
+    move(KEYS[5], 'unknown', 'sent')
+    return 'sent'
+  end
+  return 'stale'
+end
+redis.call('ZREM', KEYS[2], id)
+redis.call('HDEL', KEYS[3], id)
+if ARGV[8] == '1' then e.a = e.a + 1 end
+e.u = now
+e.r = reason ~= '' and reason or nil
+local function requeue()
+  e.s = 'pending'
+  redis.call('ZADD', KEYS[4], now + backoff, id)
+end
+if outcome == 'sent' or outcome == 'failed' then
+  e.s = outcome
+elseif outcome == 'unknown' then
+  if ARGV[5] == 'AtLeastOnce' and e.a < max_attempts then requeue() else e.s = 'unknown' end
+elseif outcome == 'retry' then
+  if e.a < max_attempts then
+    requeue()
+  else
+    e.s = 'failed'
+    e.r = 'out of attempts: ' .. reason
+  end
+else  -- release: never offered, no attempt used
+  e.s = 'pending'
+  redis.call('ZADD', KEYS[4], now + backoff, id)
+end
+put_entry(KEYS[1], id, e)
+if e.s ~= 'pending' then move(KEYS[5], 'pending', e.s) end
+if e.s == 'sent' then
+  for i = 1, 6 do
+    if i ~= 2 and i ~= 3 then redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+  end
+end
+return e.s
+"""
+
+# KEYS: leases, holders
+# ARGV: token, lease ms, identities…
+# Extends the leases the token still holds; returns how many.
+_RENEW = _PRELUDE + """
+local expiry = now_ms() + tonumber(ARGV[2])
+local renewed = 0
+for i = 3, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then
+    redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    identity: str
+    payload: dict[str, Any]
+    attempts: int
+    token: str
+
+    @property
+    def identity_hash(self) -> str:
+        """For logs and Events, which never show an address."""
+        return hashlib.sha256(self.identity.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Policy:
+    guarantee: str
+    max_attempts: int
+    backoff_ms: int
+    lease_ms: int
+
+
+class Ledger:
+    """The scripts above, bound to one round's keys."""
+
+    def __init__(self, client: aioredis.Redis, keys: CampaignKeys, policy: Policy) -> None:
+        self.redis = client
+        self.keys = keys
+        self.policy = policy
+        self._seed = client.register_script(_SEED)
+        self._claim = client.register_script(_CLAIM)
+        self._mark = client.register_script(_MARK)
+        self._record = client.register_script(_RECORD)
+        self._renew = client.register_script(_RENEW)
+
+    async def seed(self, audience_version: str,
+                   batch: Iterable[tuple[str, dict[str, Any] | None, str]]) -> int:
+        """Add (identity, payload, invalid reason) rows; returns how many became pending."""
+        k = self.keys
+        argv: list[Any] = [RETENTION_SECONDS]
+        for identity, payload, invalid in batch:
+            argv += [identity, json.dumps(payload) if payload else "", invalid]
+        if len(argv) == 1:
+            return 0
+        added = await self._seed(
+            keys=[k.ledger, k.recipients, k.queue, k.counts, k.seen(audience_version)],
+            args=argv)
+        return int(added)
+
+    async def claim(self, how_many: int) -> list[Claimed]:
+        k, p = self.keys, self.policy
+        out = await self._claim(
+            keys=[k.queue, k.leases, k.holders, k.fence, k.ledger, k.recipients, k.counts],
+            args=[how_many, p.lease_ms, p.guarantee, p.max_attempts, RETENTION_SECONDS])
+        if not out:
+            return []
+        token = _text(out[0])
+        rows = out[1:]
+        return [
+            Claimed(_text(rows[i]), json.loads(rows[i + 1]) if rows[i + 1] else {},
+                    int(rows[i + 2]), token)
+            for i in range(0, len(rows), 3)
+        ]
+
+    async def mark(self, item: Claimed) -> tuple[str, str]:
+        """('ok', attempts) | ('lost', '') | ('done', state)."""
+        k = self.keys
+        out = await self._mark(keys=[k.ledger, k.leases, k.holders, k.counts],
+                               args=[item.identity, item.token])
+        return _text(out[0]), _text(out[1]) if len(out) > 1 else ""
+
+    async def record(self, item: Claimed, outcome: str, reason: str = "",
+                     uses_attempt: bool = False, delay_ms: int | None = None) -> str:
+        """Record an outcome; a requeued recipient is due after `delay_ms` (default backoff)."""
+        k, p = self.keys, self.policy
+        delay = p.backoff_ms if delay_ms is None else delay_ms
+        state = await self._record(
+            keys=[k.ledger, k.leases, k.holders, k.queue, k.counts, k.recipients],
+            args=[item.identity, item.token, outcome, reason[:500], p.guarantee,
+                  p.max_attempts, delay, int(uses_attempt), RETENTION_SECONDS])
+        return _text(state)
+
+    async def renew(self, token: str, identities: list[str]) -> int:
+        if not identities:
+            return 0
+        k = self.keys
+        return int(await self._renew(keys=[k.leases, k.holders],
+                                     args=[token, self.policy.lease_ms, *identities]))
+
+    async def counts(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.counts)
+        return {_text(key): int(value) for key, value in raw.items()}
+
+    async def entry(self, identity: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.keys.ledger, identity)
+        return json.loads(raw) if raw else None
+
+    async def unfinished(self) -> bool:
+        """Whether anything is still queued or leased, by anyone."""
+        k = self.keys
+        queued, leased = await self.redis.zcard(k.queue), await self.redis.zcard(k.leases)
+        return bool(queued or leased)
+
+    async def next_due_ms(self) -> int | None:
+        """When the earliest queued recipient is due (Redis clock ms), if any."""
+        first = await self.redis.zrange(self.keys.queue, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

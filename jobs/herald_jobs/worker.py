@@ -1,0 +1,262 @@
+"""One delivery run: read the campaign, seed its work once, send under leases, exit.
+
+The send path for one recipient reads as the ledger docstring tells it:
+claim → render → MAIL/RCPT → fenced mark → DATA → classify → record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from herald_api.models import CampaignSpec
+from herald_jobs.audience import AudienceReader
+from herald_jobs.keys import CampaignKeys
+from herald_jobs.kube import CampaignSource, content_key
+from herald_jobs.ledger import Claimed, Ledger, Policy
+from herald_jobs.mailer import Outcome, Session
+from herald_jobs.render import MessageFactory, RenderError
+
+log = logging.getLogger("herald.job")
+
+CLAIM_BATCH = 20  # recipients a session claims at a time
+SEED_BATCH = 500  # recipients per seeding script call
+UNKNOWN_IN_A_ROW = 3  # ambiguous outcomes in a row that make the relay unhealthy
+RELAY_FAILURES_IN_A_ROW = 5  # failed connections in a row that end a session
+SEED_LOCK_MS = 120_000
+
+# What the contract requires of the ledger's Redis, and the setting that names each.
+DURABILITY = {
+    "appendonly": ("yes",),
+    "appendfsync": ("always",),
+}
+EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu",
+            "volatile-random", "volatile-ttl")
+
+
+class NotDurable(RuntimeError):
+    """Redis could lose acknowledged ledger writes; the message names the setting."""
+
+
+async def check_durable(client: aioredis.Redis, accept_unverified: bool) -> None:
+    try:
+        found = await client.config_get("*")
+    except aioredis.ResponseError as err:
+        if accept_unverified:
+            log.warning("redis configuration unreadable; durability accepted unverified")
+            return
+        raise NotDurable(
+            f"cannot read Redis's configuration ({err}); if it is a managed Redis known to "
+            "keep acknowledged writes, run with --accept-unverified-redis "
+            "(HERALD_ACCEPT_UNVERIFIED_REDIS=1)") from err
+    settings = {str(k): str(v) for k, v in found.items()}
+    for name, allowed in DURABILITY.items():
+        if settings.get(name) not in allowed:
+            raise NotDurable(f"Redis setting {name} is {settings.get(name)!r}; the ledger "
+                             f"needs {name} {allowed[0]} so acknowledged writes survive a crash")
+    if settings.get("maxmemory-policy") in EVICTING:
+        raise NotDurable(f"Redis setting maxmemory-policy is {settings['maxmemory-policy']!r}, "
+                         "which evicts keys; the ledger needs noeviction")
+
+
+def chunks(items: Iterator, size: int) -> Iterator[list]:
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+async def seed(client: aioredis.Redis, ledger: Ledger, audience: AudienceReader) -> bool:
+    """Add the audience to the ledger once per audience version, however many runs start.
+
+    Returns False when it was seeded already (by this run's predecessors or a peer).
+    """
+    keys = ledger.keys
+    version = audience.version()
+    token = secrets.token_hex(8)
+    async def current(key: str) -> str:
+        value = await client.get(key)
+        return value.decode() if isinstance(value, bytes) else str(value or "")
+
+    while True:
+        if await current(keys.seeded) == version:
+            return False
+        if await client.set(keys.seed_lock, token, nx=True, px=SEED_LOCK_MS):
+            break
+        await asyncio.sleep(0.2)  # another pod is seeding this version: wait for its mark
+    try:
+        if await current(keys.seeded) == version:
+            return False
+        added = 0
+        rows = ((r.identity, {"address": r.address, "vars": r.vars} if not r.invalid else None,
+                 r.invalid) for r in audience)
+        for batch in chunks(iter(rows), SEED_BATCH):
+            added += await ledger.seed(version, batch)
+            await client.pexpire(keys.seed_lock, SEED_LOCK_MS)
+        await client.set(keys.seeded, version)
+        await client.delete(keys.seen(version))
+        log.info("audience seeded", extra={"audience_version": version, "new_pending": added})
+        return True
+    finally:
+        if await current(keys.seed_lock) == token:
+            await client.delete(keys.seed_lock)
+
+
+@dataclass
+class RunState:
+    stop_reason: str = ""
+    unknown_in_a_row: int = 0
+    held: dict[str, list[str]] = field(default_factory=dict)  # token → identities
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class Run:
+    def __init__(self, spec: CampaignSpec, ledger: Ledger, factory: MessageFactory,
+                 credentials: tuple[str | None, str | None]) -> None:
+        self.spec = spec
+        self.ledger = ledger
+        self.factory = factory
+        self.credentials = credentials
+        self.state = RunState()
+
+    async def deliver(self) -> RunState:
+        sessions = [Session(self.spec.smtp, *self.credentials)
+                    for _ in range(self.spec.smtp.connections)]
+        renew = asyncio.create_task(self._renew_leases())
+        try:
+            await asyncio.gather(*(self._session_loop(s) for s in sessions))
+        finally:
+            renew.cancel()
+            for s in sessions:
+                await s.close()
+        return self.state
+
+    async def _renew_leases(self) -> None:
+        every = self.ledger.policy.lease_ms / 3000
+        while True:
+            await asyncio.sleep(every)
+            for token, identities in list(self.state.held.items()):
+                await self.ledger.renew(token, identities)
+
+    async def _session_loop(self, session: Session) -> None:
+        try:
+            await self._claim_and_send(session)
+        except RedisError as err:
+            # Whatever this session held stays leased; when the leases expire another run
+            # takes them over by the ledger's rules. Nothing is sent without a mark.
+            log.error("ledger unavailable; session ends", extra={"error": str(err)})
+            self.state.stop_reason = "LedgerUnavailable"
+
+    async def _claim_and_send(self, session: Session) -> None:
+        relay_failures = 0
+        while not self.state.stop_reason:
+            batch = await self.ledger.claim(CLAIM_BATCH)
+            if not batch:
+                if not await self.ledger.unfinished():
+                    return
+                await asyncio.sleep(0.5)  # retries not yet due, or other pods' leases
+                continue
+            token = batch[0].token
+            self.state.held[token] = [item.identity for item in batch]
+            try:
+                for i, item in enumerate(batch):
+                    if self.state.stop_reason or relay_failures >= RELAY_FAILURES_IN_A_ROW:
+                        for rest in batch[i:]:
+                            await self.ledger.record(rest, "release", "run stopped", delay_ms=0)
+                        break
+                    outcome = await self._send_one(session, item)
+                    relay_failures = relay_failures + 1 if outcome is Outcome.RELAY else 0
+                    if outcome is Outcome.RELAY:
+                        await asyncio.sleep(min(self.ledger.policy.backoff_ms / 1000, 2.0))
+            finally:
+                del self.state.held[token]
+            if relay_failures >= RELAY_FAILURES_IN_A_ROW:
+                log.warning("relay unavailable; session ends", extra={"failures": relay_failures})
+                return
+
+    async def _send_one(self, session: Session, item: Claimed) -> Outcome:
+        address = str(item.payload.get("address", ""))
+        try:
+            rendered = self.factory.render(item.identity, address,
+                                           dict(item.payload.get("vars") or {}))
+        except RenderError as err:
+            await self.ledger.record(item, "failed", str(err))
+            self._count(Outcome.FAILED)
+            return Outcome.FAILED
+        marked = False
+
+        async def mark() -> bool:
+            nonlocal marked
+            try:
+                status, _ = await self.ledger.mark(item)
+            except RedisError as err:
+                # Unconfirmed is not marked: the data is not sent. If the mark did land,
+                # a takeover later records the recipient as unknown, never as sendable.
+                log.error("mark unconfirmed", extra={"recipient_hash": item.identity_hash,
+                                                     "error": str(err)})
+                return False
+            marked = status == "ok"
+            return marked
+
+        result = await session.send(rendered.envelope_from, address, rendered.data, mark)
+        self._count(result.outcome)
+        if result.outcome is Outcome.NOT_MARKED:
+            return result.outcome
+        if result.outcome is Outcome.RELAY:
+            await self.ledger.record(item, "release", result.reason)
+            return result.outcome
+        # A refusal before the mark (RCPT) uses an attempt here; after it, the mark did.
+        await self.ledger.record(item, result.outcome.value, result.reason,
+                                 uses_attempt=result.outcome is Outcome.RETRY and not marked)
+        if result.outcome is Outcome.UNKNOWN:
+            self.state.unknown_in_a_row += 1
+            log.warning("ambiguous delivery", extra={"recipient_hash": item.identity_hash,
+                                                      "reason": result.reason})
+            if self.state.unknown_in_a_row >= UNKNOWN_IN_A_ROW:
+                self.state.stop_reason = "RelayUnhealthy"
+        elif result.outcome is Outcome.SENT:
+            self.state.unknown_in_a_row = 0
+        return result.outcome
+
+    def _count(self, outcome: Outcome) -> None:
+        self.state.outcomes[outcome.value] = self.state.outcomes.get(outcome.value, 0) + 1
+
+
+async def run_job(source: CampaignSource, redis_url: str, accept_unverified: bool) -> int:
+    started = time.monotonic()
+    body = await asyncio.to_thread(source.read)
+    spec = CampaignSpec.model_validate(body.get("spec") or {})
+    status = body.get("status") or {}
+    dedupe_key = spec.delivery.dedupe_key or status.get("dedupeKey") or content_key(spec.message)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await check_durable(client, accept_unverified)
+        audience = await asyncio.to_thread(source.audience, spec)
+        credentials = await asyncio.to_thread(source.credentials, spec)
+        if status.get("dedupeKey") != dedupe_key:
+            await asyncio.to_thread(source.patch_status, {"dedupeKey": dedupe_key})
+        d = spec.delivery
+        policy = Policy(d.guarantee, d.max_attempts, d.backoff_seconds * 1000,
+                        d.lease_seconds * 1000)
+        ledger = Ledger(client, CampaignKeys(source.namespace, source.name, dedupe_key), policy)
+        await seed(client, ledger, audience)
+        factory = MessageFactory(spec.message, source.namespace, source.name, dedupe_key)
+        state = await Run(spec, ledger, factory, credentials).deliver()
+        counts = await ledger.counts()
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+    log.info("run finished", extra={
+        "campaign": f"{source.namespace}/{source.name}", "dedupe_key": dedupe_key,
+        "result": state.stop_reason or "Done", "outcomes": state.outcomes, "counts": counts,
+        "seconds": round(time.monotonic() - started, 3), "pod": os.environ.get(
+            "HERALD_POD_NAME", "")})
+    return 0

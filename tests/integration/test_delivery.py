@@ -1,0 +1,316 @@
+"""`herald job` against the real API server, Redis and SMTP servers.
+
+Each test applies a campaign, gives its pods' ServiceAccount the access the operator would
+(the same builders), and runs `herald job` as that ServiceAccount, as a separate process.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kubernetes import client
+
+from herald_api.models import CampaignSpec
+from herald_dev.controlplane import ControlPlane
+from herald_dev.servers import redis_service
+from herald_dev.services import free_port, start_all, stop_all
+from herald_jobs.keys import CampaignKeys
+from herald_jobs.kube import content_key
+from herald_operator.builders import Campaign, job_access
+from tests.conftest import LOGS_BY_FIXTURE, Mailbox, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Delivery:
+    def __init__(self, cp: ControlPlane, api: client.ApiClient, namespace: str,
+                 redis_url: str, tmp: Path) -> None:
+        self.cp, self.api, self.ns, self.redis_url, self.tmp = cp, api, namespace, redis_url, tmp
+        self.logs: list[Path] = []
+
+    def campaign(self, name: str, box: Mailbox, **spec: Any) -> CampaignSpec:
+        body: dict[str, Any] = {
+            "audience": {"inline": [{"email": "user1@example.com"}]},
+            "message": {"from": "Notices <no-reply@example.com>", "subject": "Notice",
+                        "text": "Hello {{ name | default('there') }}"},
+            "smtp": {"host": "127.0.0.1", "port": box.port, "security": "None",
+                     "timeoutSeconds": 2, "connections": 2},
+            "delivery": {"leaseSeconds": 4, "backoffSeconds": 1},
+        }
+        body.update(spec)
+        self.cp.kubectl("apply", "-n", self.ns, "-f", "-", input_=json.dumps({
+            "apiVersion": "herald.dev/v1alpha1", "kind": "NotificationCampaign",
+            "metadata": {"name": name}, "spec": body}))
+        obj = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "herald.dev", "v1alpha1", self.ns, "notificationcampaigns", name)
+        parsed = CampaignSpec.model_validate(obj["spec"])
+        for access in job_access(Campaign(self.ns, name, obj["metadata"]["uid"], parsed)):
+            self.cp.kubectl("apply", "-f", "-", input_=json.dumps(access))
+        return parsed
+
+    def configmap(self, name: str, data: dict[str, str]) -> None:
+        client.CoreV1Api(self.api).create_namespaced_config_map(self.ns, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name), data=data))
+
+    def start(self, name: str, redis_url: str | None = None) -> subprocess.Popen[str]:
+        kubeconfig = self.tmp / f"job-{name}.kubeconfig"
+        if not kubeconfig.exists():
+            self.cp.service_account_kubeconfig(self.ns, f"herald-job-{name}", kubeconfig)
+        log = self.tmp / f"job-{name}-{len(self.logs)}.log"
+        self.logs.append(log)
+        return subprocess.Popen(
+            [sys.executable, "-m", "herald_dev.cli", "job", "--namespace", self.ns,
+             "--campaign", name, "--redis-url", redis_url or self.redis_url],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, text=True,
+            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def run(self, name: str, redis_url: str | None = None) -> tuple[int, str]:
+        proc = self.start(name, redis_url)
+        code = proc.wait(timeout=120)
+        return code, self.logs[-1].read_text()
+
+    def ledger(self, name: str, spec: CampaignSpec) -> dict[str, dict[str, Any]]:
+        keys = CampaignKeys(self.ns, name, content_key(spec.message))
+        raw = redis.Redis.from_url(self.redis_url).hgetall(keys.ledger)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def counts(self, name: str, spec: CampaignSpec) -> dict[str, int]:
+        keys = CampaignKeys(self.ns, name, content_key(spec.message))
+        raw = redis.Redis.from_url(self.redis_url).hgetall(keys.counts)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+
+@pytest.fixture
+def delivery(herald_installed: Path, control_plane: ControlPlane, api: client.ApiClient,
+             namespace: str,
+             redis_url: str, tmp_path: Path) -> Delivery:
+    d = Delivery(control_plane, api, namespace, redis_url, tmp_path)
+    LOGS_BY_FIXTURE["delivery"] = d.logs  # shown when a test fails
+    return d
+
+
+def per_recipient(box: Mailbox, outcome: str = "accepted") -> collections.Counter[str]:
+    return collections.Counter(r for e in box.journal() if e["outcome"] == outcome
+                               for r in e["rcpt_tos"])
+
+
+def test_a_stall_after_the_data_is_unknown_and_never_resent(
+    delivery: Delivery, fault_smtp: Mailbox
+) -> None:
+    stall = "stall-after-data-1@example.com"
+    spec = delivery.campaign("incident", fault_smtp, audience={"inline": [
+        {"email": stall}, {"email": "user1@example.com"}, {"email": "user2@example.com"}]})
+    code, log = delivery.run("incident")
+    assert code == 0, log
+    assert per_recipient(fault_smtp, "stalled") == {stall: 1}
+    assert per_recipient(fault_smtp) == {"user1@example.com": 1, "user2@example.com": 1}
+    entry = delivery.ledger("incident", spec)[stall]
+    assert entry["s"] == "unknown"
+    assert "after data" in entry["r"]
+    assert delivery.counts("incident", spec)["unknown"] == 1
+    # Later runs, as the CronJob would start them, never offer it again.
+    for _ in range(2):
+        assert delivery.run("incident")[0] == 0
+    assert per_recipient(fault_smtp, "stalled") == {stall: 1}
+    assert len(fault_smtp.journal()) == 3
+
+
+def test_a_disconnect_after_the_data_is_unknown_and_never_resent(
+    delivery: Delivery, fault_smtp: Mailbox
+) -> None:
+    drop = "drop-after-data-1@example.com"
+    spec = delivery.campaign("dropped", fault_smtp, audience={"inline": [
+        {"email": drop}, {"email": "user1@example.com"}]})
+    assert delivery.run("dropped")[0] == 0
+    assert delivery.run("dropped")[0] == 0
+    assert per_recipient(fault_smtp, "dropped") == {drop: 1}
+    assert per_recipient(fault_smtp) == {"user1@example.com": 1}
+    assert delivery.ledger("dropped", spec)[drop]["s"] == "unknown"
+
+
+def test_a_temporary_refusal_then_success_delivers_once(
+    delivery: Delivery, fault_smtp: Mailbox
+) -> None:
+    flaky = "rcpt-451-once-1@example.com"
+    spec = delivery.campaign("flaky", fault_smtp, audience={"inline": [{"email": flaky}]})
+    code, log = delivery.run("flaky")
+    assert code == 0, log
+    assert per_recipient(fault_smtp) == {flaky: 1}
+    entry = delivery.ledger("flaky", spec)[flaky]
+    assert (entry["s"], entry["a"]) == ("sent", 2)
+
+
+def test_a_permanent_refusal_fails_the_recipient(
+    delivery: Delivery, fault_smtp: Mailbox
+) -> None:
+    refused = "rcpt-550-1@example.com"
+    spec = delivery.campaign("refused", fault_smtp, audience={"inline": [
+        {"email": refused}, {"email": "user1@example.com"}]})
+    assert delivery.run("refused")[0] == 0
+    entry = delivery.ledger("refused", spec)[refused]
+    assert entry["s"] == "failed"
+    assert entry["r"].startswith("550")
+    assert per_recipient(fault_smtp) == {"user1@example.com": 1}
+    counts = delivery.counts("refused", spec)
+    assert (counts["failed"], counts["sent"], counts["pending"]) == (1, 1, 0)
+
+
+def csv_audience(count: int) -> str:
+    return "email,name\n" + "".join(f"user{i}@example.com,User {i}\n" for i in range(count))
+
+
+def test_three_workers_deliver_each_of_2000_recipients_exactly_once(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(2000)})
+    spec = delivery.campaign("crowd", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]},
+        smtp={"host": "127.0.0.1", "port": capture.port, "security": "None", "connections": 4,
+              "timeoutSeconds": 2})
+    workers = [delivery.start("crowd") for _ in range(3)]
+    assert [w.wait(timeout=150) for w in workers] == [0, 0, 0]
+    received = per_recipient(capture)
+    assert len(received) == 2000
+    assert set(received.values()) == {1}
+    counts = delivery.counts("crowd", spec)
+    assert (counts["total"], counts["sent"], counts["pending"]) == (2000, 2000, 0)
+    # Every worker seeded or waited; the audience was seeded once.
+    seeded = [log.read_text().count('"audience seeded"') for log in delivery.logs]
+    assert sum(seeded) == 1
+
+
+def no_duplicates_and_none_lost(delivery: Delivery, box: Mailbox, name: str,
+                                spec: CampaignSpec, count: int) -> None:
+    received = per_recipient(box)
+    assert max(received.values()) == 1, [r for r, n in received.items() if n > 1]
+    ledger = delivery.ledger(name, spec)
+    states = collections.Counter(e["s"] for e in ledger.values())
+    assert set(states) <= {"sent", "unknown"}, states
+    assert sum(states.values()) == count
+    for identity, entry in ledger.items():
+        if entry["s"] == "sent":
+            assert received[identity] == 1, identity
+    print(f"after the takeover: {dict(states)}")
+
+
+def test_a_killed_worker_costs_at_most_its_messages_in_flight(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(1500)})
+    spec = delivery.campaign("killed", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]})
+    first = delivery.start("killed")
+    wait_for(lambda: len(capture.journal()) >= 100, timeout=60, interval=0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert len(capture.journal()) < 1500, "the first worker finished before it was killed"
+    code, log = delivery.run("killed")
+    assert code == 0, log
+    no_duplicates_and_none_lost(delivery, capture, "killed", spec, 1500)
+
+
+def test_a_worker_frozen_past_its_lease_sends_nothing_twice(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(1500)})
+    spec = delivery.campaign("frozen", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]})
+    frozen = delivery.start("frozen")
+    wait_for(lambda: len(capture.journal()) >= 100, timeout=60, interval=0.05)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        assert len(capture.journal()) < 1500, "the worker finished before it was frozen"
+        code, log = delivery.run("frozen")  # takes over once the frozen leases expire
+        assert code == 0, log
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert frozen.wait(timeout=60) == 0
+    no_duplicates_and_none_lost(delivery, capture, "frozen", spec, 1500)
+
+
+@pytest.mark.parametrize(("setting", "value", "named"), [
+    ("appendfsync", "everysec", "appendfsync"),
+    ("appendonly", "no", "appendonly"),
+    ("maxmemory-policy", "allkeys-lru", "maxmemory-policy"),
+])
+def test_a_redis_that_could_lose_writes_is_refused(
+    delivery: Delivery, capture: Mailbox, tmp_path: Path, setting: str, value: str, named: str
+) -> None:
+    port = free_port()
+    loose = redis_service(tmp_path / "loose-redis", port, {setting: value})
+    start_all([loose], attached=True)
+    try:
+        delivery.campaign("careful", capture)
+        code, log = delivery.run("careful", f"redis://127.0.0.1:{port}/0")
+    finally:
+        stop_all([loose])
+    assert code == 3
+    assert f"Redis setting {named} is '{value}'" in log
+    assert capture.journal() == []
+
+
+def test_line_breaks_in_a_variable_never_add_a_header_or_a_recipient(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    evil = "Eve\r\nBcc: victim@example.com\r\nX-Injected: yes"
+    delivery.campaign("inject", capture,
+                      audience={"inline": [{"email": "user1@example.com",
+                                            "vars": {"name": evil}}]},
+                      message={"from": "no-reply@example.com", "subject": "Hi {{ name }}",
+                               "text": "Dear {{ name }}"})
+    assert delivery.run("inject")[0] == 0
+    [entry] = capture.journal()
+    assert entry["rcpt_tos"] == ["user1@example.com"]
+    [msg] = capture.messages()
+    assert msg["Bcc"] is None and msg["X-Injected"] is None
+    assert "victim@example.com" in msg["Subject"]  # kept as text, on one line
+    assert "\n" not in msg["Subject"]
+
+
+def test_an_undefined_variable_fails_that_recipient_and_the_rest_go_on(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    spec = delivery.campaign(
+        "undefined", capture,
+        audience={"inline": [{"email": "user1@example.com", "vars": {"code": "A1"}},
+                             {"email": "user2@example.com"}]},
+        message={"from": "no-reply@example.com", "subject": "Code", "text": "{{ code }}"})
+    assert delivery.run("undefined")[0] == 0
+    assert per_recipient(capture) == {"user1@example.com": 1}
+    entry = delivery.ledger("undefined", spec)["user2@example.com"]
+    assert entry["s"] == "failed"
+    assert "'code' is undefined" in entry["r"]
+
+
+def test_one_address_in_two_spellings_and_two_sources_is_sent_once(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": "email\n user1@EXAMPLE.com \n"})
+    spec = delivery.campaign("spellings", capture, audience={
+        "inline": [{"email": "User1@Example.com"}],
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]})
+    assert delivery.run("spellings")[0] == 0
+    [entry] = capture.journal()
+    assert entry["rcpt_tos"] == ["User1@example.com"]  # the first spelling, domain folded
+    counts = delivery.counts("spellings", spec)
+    assert (counts["total"], counts["sent"], counts["duplicatesInAudience"]) == (1, 1, 1)
+
+
+def test_a_deleted_and_reapplied_campaign_resends_nothing(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.campaign("again", capture)
+    assert delivery.run("again")[0] == 0
+    delivery.cp.kubectl("delete", "nc", "again", "-n", delivery.ns)
+    delivery.campaign("again", capture)
+    assert delivery.run("again")[0] == 0
+    assert per_recipient(capture) == {"user1@example.com": 1}
