@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any, cast
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from herald_api import GROUP, VERSION
@@ -14,15 +14,6 @@ from herald_api.models import CampaignSpec, Message
 from herald_jobs.audience import AudienceError, AudienceReader, secret_text
 
 PLURAL = "notificationcampaigns"
-
-
-def api_client() -> client.ApiClient:
-    """In-cluster configuration in a pod, KUBECONFIG elsewhere."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 class CampaignSource:

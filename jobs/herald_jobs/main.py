@@ -9,9 +9,10 @@ import sys
 
 from pydantic import ValidationError
 
+from herald_api.kubeclient import api_client
 from herald_jobs import logs
 from herald_jobs.audience import AudienceError
-from herald_jobs.kube import CampaignSource, api_client
+from herald_jobs.kube import CampaignSource
 from herald_jobs.worker import NotDurable, run_job
 
 

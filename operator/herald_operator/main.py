@@ -13,11 +13,12 @@ import sys
 from typing import Any, cast
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from herald_api import GROUP
+from herald_api.kubeclient import api_client
 from herald_operator import handlers  # noqa: F401  (registers the handlers)
 from herald_operator.builders import JobSettings
 from herald_operator.kube import Kube
@@ -42,14 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no peering: for a single replica only")
     parser.add_argument("--resync-seconds", type=float, default=15.0,
                         help="how often every campaign is checked again (drift, windows)")
-
-
-def _load_config() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 def _check_crds(api: client.ApiClient) -> str | None:
@@ -141,7 +134,7 @@ async def _run(args: argparse.Namespace, api: client.ApiClient) -> None:
 
 def run(args: argparse.Namespace) -> int:
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose=False)
-    api = _load_config()
+    api = api_client()
     problem = _check_crds(api)
     if problem:
         print(f"herald operator: {problem}", file=sys.stderr)
