@@ -23,7 +23,7 @@ import redis
 from kubernetes import client, config
 
 from herald_dev import build
-from herald_dev.controlplane import ControlPlane
+from herald_dev.controlplane import ControlPlane, loopback_certificate
 from herald_dev.servers import capture_service, redis_service, smtp_sink_service
 from herald_dev.services import Service, free_port, start_all, stop_all
 from herald_dev.stack import MANIFESTS, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, operator_service
@@ -122,6 +122,7 @@ class Mailbox:
     port: int
     dir: Path
     service: Service
+    ca: Path | None = None  # the CA to trust, when the server speaks TLS
 
     def journal(self) -> list[dict]:
         path = self.dir / "journal.jsonl"
@@ -136,18 +137,32 @@ class Mailbox:
         ]
 
 
-def _mailbox(tmp_path: Path, fixture: str, *, faults: bool) -> Mailbox:
+def _mailbox(tmp_path: Path, fixture: str, *, faults: bool, extra: tuple[str, ...] = (),
+             ca: Path | None = None) -> Mailbox:
     port = free_port()
     maildir = tmp_path / "mail"
-    service = capture_service(tmp_path / "smtp", port, maildir, faults=faults)
+    service = capture_service(tmp_path / "smtp", port, maildir, faults=faults, extra=extra)
     _run(fixture, [service])
-    return Mailbox(port, maildir, service)
+    return Mailbox(port, maildir, service, ca)
 
 
 @pytest.fixture
 def capture(tmp_path: Path) -> Iterator[Mailbox]:
     """The capture server: every accepted message as an .eml file."""
     box = _mailbox(tmp_path, "capture", faults=False)
+    yield box
+    box.service.stop()
+
+
+SMTP_USER, SMTP_PASSWORD = "herald", "s3cret-pa55"
+
+
+@pytest.fixture
+def tls_capture(tmp_path: Path) -> Iterator[Mailbox]:
+    """The capture server requiring STARTTLS and AUTH (SMTP_USER, SMTP_PASSWORD)."""
+    ca, cert, key = loopback_certificate(tmp_path / "tls", "smtp")
+    box = _mailbox(tmp_path, "tls_capture", faults=False, ca=ca, extra=(
+        "--tls-cert", str(cert), "--tls-key", str(key), "--auth", f"{SMTP_USER}:{SMTP_PASSWORD}"))
     yield box
     box.service.stop()
 

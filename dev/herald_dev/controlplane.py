@@ -90,6 +90,23 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def loopback_certificate(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1/localhost: (ca.crt, cert, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = _key()
+    ca = _cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name}-ca")]), ca_key,
+               None, ca=True)
+    key = _key()
+    cert = _cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key, (ca, ca_key),
+                 sans=[x509.DNSName("localhost"),
+                       x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))])
+    paths = (folder / f"{name}-ca.crt", folder / f"{name}.crt", folder / f"{name}.key")
+    paths[0].write_bytes(_pem(ca))
+    paths[1].write_bytes(_pem(cert))
+    _write_key(key, paths[2])
+    return paths
+
+
 class ControlPlane:
     """The three control-plane services in a work folder, on ports chosen once and kept."""
 

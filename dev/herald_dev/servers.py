@@ -57,10 +57,11 @@ def redis_service(workdir: Path, port: int, settings: dict[str, str] | None = No
     )
 
 
-def capture_service(workdir: Path, port: int, maildir: Path, *, faults: bool = False) -> Service:
+def capture_service(workdir: Path, port: int, maildir: Path, *, faults: bool = False,
+                    extra: tuple[str, ...] = ()) -> Service:
     """The capture server (herald_dev.smtpserver); with faults, the fault-injecting one."""
     argv = [sys.executable, "-m", "herald_dev.smtpserver", "--port", str(port),
-            "--dir", str(maildir)]
+            "--dir", str(maildir), *extra]
     if faults:
         argv.append("--faults")
     return Service(

@@ -11,6 +11,9 @@ fault at one recipient and leave the others alone:
   …-once                  as above for the first try of that recipient only, then accept
   stall-after-data…       store the message, then never answer (the 03:30 incident)
   drop-after-data…        store the message, then close the connection without a reply
+
+With --tls-cert/--tls-key it offers STARTTLS and requires it; with --auth USER:PASSWORD it
+also requires AUTH (PLAIN or LOGIN) with those credentials.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import itertools
 import json
 import re
 import signal
+import ssl
 import time
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 _CODED = re.compile(r"^(rcpt|data)-([45]\d\d)(.*)$")
 _REPLIES = {
@@ -116,14 +120,28 @@ class CaptureHandler:
         return "250 OK"
 
 
-async def serve(port: int, outdir: Path, *, faults: bool, stall_seconds: float) -> None:
+async def serve(port: int, outdir: Path, *, faults: bool, stall_seconds: float,
+                tls: tuple[str, str] | None = None, auth: str | None = None) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     handler = CaptureHandler(outdir, faults=faults, stall_seconds=stall_seconds)
     loop = asyncio.get_running_loop()
+    context = None
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+    user, _, password = (auth or "").partition(":")
+
+    def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                     data: Any) -> AuthResult:
+        ok = (isinstance(data, LoginPassword) and data.login.decode() == user
+              and data.password.decode() == password)
+        return AuthResult(success=ok)
 
     def factory() -> Any:
         return SMTP(handler, hostname="herald-capture", enable_SMTPUTF8=True,
-                    decode_data=False, timeout=300)
+                    decode_data=False, timeout=300, tls_context=context,
+                    require_starttls=bool(context), auth_required=bool(auth),
+                    authenticator=authenticate if auth else None)
 
     server = await loop.create_server(factory, host="127.0.0.1", port=port)
     stop = asyncio.Event()
@@ -143,8 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", type=Path, required=True, help="where .eml files go")
     parser.add_argument("--faults", action="store_true", help="honour fault recipients")
     parser.add_argument("--stall-seconds", type=float, default=3600.0)
+    parser.add_argument("--tls-cert", help="offer and require STARTTLS with this certificate")
+    parser.add_argument("--tls-key", help="the certificate's key")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="require AUTH with these")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.dir, faults=args.faults, stall_seconds=args.stall_seconds))
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    asyncio.run(serve(args.port, args.dir, faults=args.faults, stall_seconds=args.stall_seconds,
+                      tls=tls, auth=args.auth))
 
 
 if __name__ == "__main__":

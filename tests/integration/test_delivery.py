@@ -26,7 +26,7 @@ from herald_dev.services import free_port, start_all, stop_all
 from herald_jobs.keys import CampaignKeys
 from herald_jobs.kube import content_key
 from herald_operator.builders import Campaign, job_access
-from tests.conftest import LOGS_BY_FIXTURE, Mailbox, wait_for
+from tests.conftest import LOGS_BY_FIXTURE, SMTP_PASSWORD, SMTP_USER, Mailbox, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,11 +57,16 @@ class Delivery:
             self.cp.kubectl("apply", "-f", "-", input_=json.dumps(access))
         return parsed
 
+    def secret(self, name: str, data: dict[str, str]) -> None:
+        client.CoreV1Api(self.api).create_namespaced_secret(self.ns, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name), string_data=data))
+
     def configmap(self, name: str, data: dict[str, str]) -> None:
         client.CoreV1Api(self.api).create_namespaced_config_map(self.ns, client.V1ConfigMap(
             metadata=client.V1ObjectMeta(name=name), data=data))
 
-    def start(self, name: str, redis_url: str | None = None) -> subprocess.Popen[str]:
+    def start(self, name: str, redis_url: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         kubeconfig = self.tmp / f"job-{name}.kubeconfig"
         if not kubeconfig.exists():
             self.cp.service_account_kubeconfig(self.ns, f"herald-job-{name}", kubeconfig)
@@ -70,11 +75,12 @@ class Delivery:
         return subprocess.Popen(
             [sys.executable, "-m", "herald_dev.cli", "job", "--namespace", self.ns,
              "--campaign", name, "--redis-url", redis_url or self.redis_url],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, text=True,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}, text=True,
             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
-    def run(self, name: str, redis_url: str | None = None) -> tuple[int, str]:
-        proc = self.start(name, redis_url)
+    def run(self, name: str, redis_url: str | None = None,
+            env: dict[str, str] | None = None) -> tuple[int, str]:
+        proc = self.start(name, redis_url, env)
         code = proc.wait(timeout=120)
         return code, self.logs[-1].read_text()
 
@@ -295,3 +301,27 @@ def test_a_deleted_and_reapplied_campaign_resends_nothing(
     delivery.campaign("again", capture)
     assert delivery.run("again")[0] == 0
     assert per_recipient(capture) == {"user1@example.com": 1}
+
+
+@pytest.mark.parametrize(("password", "delivered"), [(SMTP_PASSWORD, True), ("wrong", False)])
+def test_starttls_and_auth_with_credentials_from_the_secret(
+    delivery: Delivery, tls_capture: Mailbox, password: str, delivered: bool
+) -> None:
+    delivery.secret("smtp-credentials", {"username": SMTP_USER, "password": password})
+    spec = delivery.campaign("secure", tls_capture, smtp={
+        "host": "127.0.0.1", "port": tls_capture.port, "security": "STARTTLS",
+        "timeoutSeconds": 2, "connections": 1,
+        "credentialsSecretRef": {"name": "smtp-credentials"}})
+    code, log = delivery.run("secure", env={"SSL_CERT_FILE": str(tls_capture.ca)})
+    assert code == 0, log
+    assert password not in log  # credentials never reach the logs
+    entry = delivery.ledger("secure", spec)["user1@example.com"]
+    if delivered:
+        assert per_recipient(tls_capture) == {"user1@example.com": 1}
+        assert entry["s"] == "sent"
+    else:
+        # A relay that refuses us is an outage, not the recipient's fault: still pending,
+        # no attempt used, for the next run.
+        assert tls_capture.journal() == []
+        assert (entry["s"], entry["a"]) == ("pending", 0)
+        assert "relay unavailable" in log
