@@ -152,85 +152,94 @@ end
 return out
 """
 
-# KEYS: ledger, leases, holders, counts
-# ARGV: identity, token
-# The fenced mark: pending → handing, only under the caller's unexpired lease.
-# Returns {'ok', attempts} | {'lost'} | {'done', state}.
-_MARK = _PRELUDE + """
-local id, token = ARGV[1], ARGV[2]
-if redis.call('HGET', KEYS[3], id) ~= token then return {'lost'} end
-local expiry = redis.call('ZSCORE', KEYS[2], id)
-if not expiry or tonumber(expiry) <= now_ms() then return {'lost'} end
-local e = get_entry(KEYS[1], id)
-if not e or e.s ~= 'pending' then
-  redis.call('HINCRBY', KEYS[4], 'duplicatesPrevented', 1)
+# The send path's two steps, as functions over the same six KEYS:
+# ledger, leases, holders, queue, counts, recipients.
+#
+# mark(identity, token): the fenced mark, pending → handing, only under the caller's
+# unexpired lease. Returns {'ok', attempts} | {'lost'} | {'done', state}.
+#
+# record(identity, token, outcome, reason, guarantee, max attempts, requeue delay ms,
+#        uses an attempt '1'/'0', retention seconds): records an outcome for a recipient the
+# caller holds. A late `sent` for a recipient another pod already declared unknown (same
+# token) still counts: it is the truth. Returns the new state, or 'stale'.
+_SEND_PATH = _PRELUDE + """
+local function mark(id, token)
+  if redis.call('HGET', KEYS[3], id) ~= token then return {'lost'} end
+  local expiry = redis.call('ZSCORE', KEYS[2], id)
+  if not expiry or tonumber(expiry) <= now_ms() then return {'lost'} end
+  local e = get_entry(KEYS[1], id)
+  if not e or e.s ~= 'pending' then
+    redis.call('HINCRBY', KEYS[5], 'duplicatesPrevented', 1)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    return {'done', e and e.s or 'missing'}
+  end
+  e.s = 'handing'
+  e.a = e.a + 1
+  e.t = token
+  e.u = now_ms()
+  put_entry(KEYS[1], id, e)
+  return {'ok', e.a}
+end
+
+local function record(id, token, outcome, reason, guarantee, max_attempts, delay,
+                      uses_attempt, retention)
+  local now = now_ms()
+  local e = get_entry(KEYS[1], id)
+  if not e then return 'stale' end
+  if redis.call('HGET', KEYS[3], id) ~= token then
+    if outcome == 'sent' and e.s == 'unknown' and e.t == token then
+      e.s = 'sent'
+      e.r = nil
+      e.u = now
+      put_entry(KEYS[1], id, e)
+      move(KEYS[5], 'unknown', 'sent')
+      return 'sent'
+    end
+    return 'stale'
+  end
   redis.call('ZREM', KEYS[2], id)
   redis.call('HDEL', KEYS[3], id)
-  return {'done', e and e.s or 'missing'}
-end
-e.s = 'handing'
-e.a = e.a + 1
-e.t = token
-e.u = now_ms()
-put_entry(KEYS[1], id, e)
-return {'ok', e.a}
-"""
-
-# KEYS: ledger, leases, holders, queue, counts, recipients
-# ARGV: identity, token, outcome, reason, guarantee, max attempts, requeue delay ms,
-#       uses an attempt (1/0), retention seconds
-# Records an outcome for a recipient the caller holds. A late `sent` for a recipient that
-# another pod already declared unknown (same token) still counts: it is the truth.
-# Returns the recipient's new state, or 'stale'.
-_RECORD = _PRELUDE + """
-local id, token, outcome, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local max_attempts, backoff = tonumber(ARGV[6]), tonumber(ARGV[7])
-local now = now_ms()
-local e = get_entry(KEYS[1], id)
-if not e then return 'stale' end
-if redis.call('HGET', KEYS[3], id) ~= token then
-  if outcome == 'sent' and e.s == 'unknown' and e.t == token then
-    e.s = 'sent'
-    e.r = nil
-    e.u = now
-    put_entry(KEYS[1], id, e)
-    move(KEYS[5], 'unknown', 'sent')
-    return 'sent'
+  if uses_attempt == '1' then e.a = e.a + 1 end
+  e.u = now
+  e.r = reason ~= '' and reason or nil
+  local function requeue()
+    e.s = 'pending'
+    redis.call('ZADD', KEYS[4], now + tonumber(delay), id)
   end
-  return 'stale'
-end
-redis.call('ZREM', KEYS[2], id)
-redis.call('HDEL', KEYS[3], id)
-if ARGV[8] == '1' then e.a = e.a + 1 end
-e.u = now
-e.r = reason ~= '' and reason or nil
-local function requeue()
-  e.s = 'pending'
-  redis.call('ZADD', KEYS[4], now + backoff, id)
-end
-if outcome == 'sent' or outcome == 'failed' then
-  e.s = outcome
-elseif outcome == 'unknown' then
-  if ARGV[5] == 'AtLeastOnce' and e.a < max_attempts then requeue() else e.s = 'unknown' end
-elseif outcome == 'retry' then
-  if e.a < max_attempts then
+  if outcome == 'sent' or outcome == 'failed' then
+    e.s = outcome
+  elseif outcome == 'unknown' then
+    if guarantee == 'AtLeastOnce' and e.a < tonumber(max_attempts) then
+      requeue()
+    else
+      e.s = 'unknown'
+    end
+  elseif outcome == 'retry' then
+    if e.a < tonumber(max_attempts) then
+      requeue()
+    else
+      e.s = 'failed'
+      e.r = 'out of attempts: ' .. reason
+    end
+  else  -- release: never offered, no attempt used
     requeue()
-  else
-    e.s = 'failed'
-    e.r = 'out of attempts: ' .. reason
   end
-else  -- release: never offered, no attempt used
-  e.s = 'pending'
-  redis.call('ZADD', KEYS[4], now + backoff, id)
-end
-put_entry(KEYS[1], id, e)
-if e.s ~= 'pending' then move(KEYS[5], 'pending', e.s) end
-if e.s == 'sent' then
-  for i = 1, 6 do
-    if i ~= 2 and i ~= 3 then redis.call('EXPIRE', KEYS[i], ARGV[9]) end
+  put_entry(KEYS[1], id, e)
+  if e.s ~= 'pending' then move(KEYS[5], 'pending', e.s) end
+  if e.s == 'sent' then
+    for _, i in ipairs({1, 4, 5, 6}) do redis.call('EXPIRE', KEYS[i], retention) end
   end
+  return e.s
 end
-return e.s
+"""
+_MARK = _SEND_PATH + "return mark(ARGV[1], ARGV[2])"
+_RECORD = _SEND_PATH + "return record(unpack(ARGV, 1, 9))"
+# The previous message's outcome and the next message's mark in one round trip.
+_RECORD_THEN_MARK = _SEND_PATH + """
+local state = record(unpack(ARGV, 1, 9))
+local marked = mark(ARGV[10], ARGV[11])
+return {state, marked}
 """
 
 # KEYS: leases, holders
@@ -263,6 +272,17 @@ class Claimed:
 
 
 @dataclass(frozen=True)
+class Record:
+    """What happened to a claimed recipient, to be written to the ledger."""
+
+    item: Claimed
+    outcome: str  # sent | unknown | retry | failed | release
+    reason: str = ""
+    uses_attempt: bool = False
+    delay_ms: int | None = None  # when a requeued recipient is due (default: backoff)
+
+
+@dataclass(frozen=True)
 class Policy:
     guarantee: str
     max_attempts: int
@@ -281,6 +301,7 @@ class Ledger:
         self._claim = client.register_script(_CLAIM)
         self._mark = client.register_script(_MARK)
         self._record = client.register_script(_RECORD)
+        self._record_then_mark = client.register_script(_RECORD_THEN_MARK)
         self._renew = client.register_script(_RENEW)
 
     async def seed(self, audience_version: str,
@@ -312,23 +333,35 @@ class Ledger:
             for i in range(0, len(rows), 3)
         ]
 
-    async def mark(self, item: Claimed) -> tuple[str, str]:
-        """('ok', attempts) | ('lost', '') | ('done', state)."""
+    @property
+    def _send_keys(self) -> list[str]:
         k = self.keys
-        out = await self._mark(keys=[k.ledger, k.leases, k.holders, k.counts],
-                               args=[item.identity, item.token])
-        return _text(out[0]), _text(out[1]) if len(out) > 1 else ""
+        return [k.ledger, k.leases, k.holders, k.queue, k.counts, k.recipients]
 
-    async def record(self, item: Claimed, outcome: str, reason: str = "",
-                     uses_attempt: bool = False, delay_ms: int | None = None) -> str:
-        """Record an outcome; a requeued recipient is due after `delay_ms` (default backoff)."""
-        k, p = self.keys, self.policy
-        delay = p.backoff_ms if delay_ms is None else delay_ms
-        state = await self._record(
-            keys=[k.ledger, k.leases, k.holders, k.queue, k.counts, k.recipients],
-            args=[item.identity, item.token, outcome, reason[:500], p.guarantee,
-                  p.max_attempts, delay, int(uses_attempt), RETENTION_SECONDS])
-        return _text(state)
+    def _record_args(self, done: Record) -> list[Any]:
+        p = self.policy
+        delay = p.backoff_ms if done.delay_ms is None else done.delay_ms
+        return [done.item.identity, done.item.token, done.outcome, done.reason[:500],
+                p.guarantee, p.max_attempts, delay, int(done.uses_attempt), RETENTION_SECONDS]
+
+    async def mark(self, item: Claimed, previous: Record | None = None
+                   ) -> tuple[str, str | None]:
+        """The fenced mark: ('ok' | 'lost' | 'done', previous outcome's new state).
+
+        With `previous`, that outcome is recorded first in the same script call, so the
+        send path costs one Redis round trip per message.
+        """
+        if previous is None:
+            out = await self._mark(keys=self._send_keys, args=[item.identity, item.token])
+            return _text(out[0]), None
+        state, out = await self._record_then_mark(
+            keys=self._send_keys,
+            args=[*self._record_args(previous), item.identity, item.token])
+        return _text(out[0]), _text(state)
+
+    async def record(self, done: Record) -> str:
+        """Record an outcome on its own (the last of a batch, or one with no mark after it)."""
+        return _text(await self._record(keys=self._send_keys, args=self._record_args(done)))
 
     async def renew(self, token: str, identities: list[str]) -> int:
         if not identities:

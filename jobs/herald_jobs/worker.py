@@ -23,7 +23,7 @@ from herald_api.models import CampaignSpec
 from herald_jobs.audience import AudienceReader
 from herald_jobs.keys import CampaignKeys
 from herald_jobs.kube import CampaignSource, content_key
-from herald_jobs.ledger import Claimed, Ledger, Policy
+from herald_jobs.ledger import Claimed, Ledger, Policy, Record
 from herald_jobs.mailer import Outcome, Session
 from herald_jobs.render import MessageFactory, RenderError
 
@@ -166,37 +166,52 @@ class Run:
                 continue
             token = batch[0].token
             self.state.held[token] = [item.identity for item in batch]
+            carry: Record | None = None  # recorded together with the next mark
             try:
                 for i, item in enumerate(batch):
                     if self.state.stop_reason or relay_failures >= RELAY_FAILURES_IN_A_ROW:
                         for rest in batch[i:]:
-                            await self.ledger.record(rest, "release", "run stopped", delay_ms=0)
+                            await self.ledger.record(Record(rest, "release", "run stopped",
+                                                            delay_ms=0))
                         break
-                    outcome = await self._send_one(session, item)
+                    outcome, carry = await self._send_one(session, item, carry)
                     relay_failures = relay_failures + 1 if outcome is Outcome.RELAY else 0
                     if outcome is Outcome.RELAY:
+                        if carry is not None:
+                            await self.ledger.record(carry)
+                            carry = None
                         await asyncio.sleep(min(self.ledger.policy.backoff_ms / 1000, 2.0))
             finally:
+                if carry is not None:
+                    await self.ledger.record(carry)
                 del self.state.held[token]
             if relay_failures >= RELAY_FAILURES_IN_A_ROW:
                 log.warning("relay unavailable; session ends", extra={"failures": relay_failures})
                 return
 
-    async def _send_one(self, session: Session, item: Claimed) -> Outcome:
+    async def _send_one(self, session: Session, item: Claimed, carry: Record | None
+                        ) -> tuple[Outcome, Record | None]:
+        """Offer one message; returns the SMTP outcome and the record it still owes.
+
+        `carry`, the previous message's record, goes to Redis with this message's mark
+        (one round trip), or on its own when there is no mark.
+        """
         address = str(item.payload.get("address", ""))
         try:
             rendered = self.factory.render(item.identity, address,
                                            dict(item.payload.get("vars") or {}))
         except RenderError as err:
-            await self.ledger.record(item, "failed", str(err))
+            if carry is not None:
+                await self.ledger.record(carry)
             self._count(Outcome.FAILED)
-            return Outcome.FAILED
+            return Outcome.FAILED, Record(item, "failed", str(err))
         marked = False
 
         async def mark() -> bool:
-            nonlocal marked
+            nonlocal marked, carry
+            previous, carry = carry, None
             try:
-                status, _ = await self.ledger.mark(item)
+                status, _ = await self.ledger.mark(item, previous)
             except RedisError as err:
                 # Unconfirmed is not marked: the data is not sent. If the mark did land,
                 # a takeover later records the recipient as unknown, never as sendable.
@@ -207,15 +222,13 @@ class Run:
             return marked
 
         result = await session.send(rendered.envelope_from, address, rendered.data, mark)
+        if carry is not None:  # no mark happened
+            await self.ledger.record(carry)
         self._count(result.outcome)
         if result.outcome is Outcome.NOT_MARKED:
-            return result.outcome
+            return result.outcome, None
         if result.outcome is Outcome.RELAY:
-            await self.ledger.record(item, "release", result.reason)
-            return result.outcome
-        # A refusal before the mark (RCPT) uses an attempt here; after it, the mark did.
-        await self.ledger.record(item, result.outcome.value, result.reason,
-                                 uses_attempt=result.outcome is Outcome.RETRY and not marked)
+            return result.outcome, Record(item, "release", result.reason)
         if result.outcome is Outcome.UNKNOWN:
             self.state.unknown_in_a_row += 1
             log.warning("ambiguous delivery", extra={"recipient_hash": item.identity_hash,
@@ -224,7 +237,9 @@ class Run:
                 self.state.stop_reason = "RelayUnhealthy"
         elif result.outcome is Outcome.SENT:
             self.state.unknown_in_a_row = 0
-        return result.outcome
+        # A refusal before the mark (RCPT) uses an attempt here; after it, the mark did.
+        return result.outcome, Record(item, result.outcome.value, result.reason,
+                                      uses_attempt=result.outcome is Outcome.RETRY and not marked)
 
     def _count(self, outcome: Outcome) -> None:
         self.state.outcomes[outcome.value] = self.state.outcomes.get(outcome.value, 0) + 1

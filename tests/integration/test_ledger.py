@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from herald_jobs.keys import CampaignKeys
-from herald_jobs.ledger import Ledger, Policy
+from herald_jobs.ledger import Ledger, Policy, Record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +50,7 @@ async def test_a_mark_is_refused_once_the_lease_has_expired(client: aioredis.Red
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
     await asyncio.sleep(0.4)
-    assert await ledger.mark(item) == ("lost", "")
+    assert await ledger.mark(item) == ("lost", None)
     assert (await ledger.entry("a"))["s"] == "pending"
 
 
@@ -92,7 +92,7 @@ async def test_a_late_sent_from_the_first_holder_still_counts(client: aioredis.R
     await ledger.mark(item)
     await asyncio.sleep(0.4)
     await ledger.claim(10)  # takeover: a becomes unknown
-    assert await ledger.record(item, "sent") == "sent"
+    assert await ledger.record(Record(item, "sent")) == "sent"
     counts = await ledger.counts()
     assert (counts["sent"], counts["unknown"], counts["pending"]) == (1, 0, 0)
 
@@ -102,7 +102,7 @@ async def test_unknown_is_terminal_under_at_most_once(client: aioredis.Redis) ->
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
     await ledger.mark(item)
-    assert await ledger.record(item, "unknown", "after data: timeout") == "unknown"
+    assert await ledger.record(Record(item, "unknown", "after data: timeout")) == "unknown"
     assert await ledger.claim(10) == []
     assert not await ledger.unfinished()
 
@@ -113,7 +113,7 @@ async def test_at_least_once_retries_unknown_up_to_max_attempts(client: aioredis
     for expected in ("pending", "unknown"):
         [item] = await ledger.claim(10)
         assert (await ledger.mark(item))[0] == "ok"
-        assert await ledger.record(item, "unknown", "after data: timeout") == expected
+        assert await ledger.record(Record(item, "unknown", "after data: timeout")) == expected
     assert (await ledger.entry("a"))["a"] == 2
 
 
@@ -123,7 +123,7 @@ async def test_temporary_refusals_use_attempts_then_fail(client: aioredis.Redis)
     states = []
     for _ in range(2):
         [item] = await ledger.claim(10)
-        states.append(await ledger.record(item, "retry", "451 busy", uses_attempt=True))
+        states.append(await ledger.record(Record(item, "retry", "451 busy", uses_attempt=True)))
     assert states == ["pending", "failed"]
     assert (await ledger.entry("a"))["r"] == "out of attempts: 451 busy"
 
@@ -133,7 +133,7 @@ async def test_a_relay_outage_uses_no_attempt(client: aioredis.Redis) -> None:
     await seeded(ledger, "a")
     for _ in range(3):
         [item] = await ledger.claim(10)
-        assert await ledger.record(item, "release", "relay: refused") == "pending"
+        assert await ledger.record(Record(item, "release", "relay: refused")) == "pending"
     assert (await ledger.entry("a"))["a"] == 0
 
 
@@ -142,7 +142,19 @@ async def test_a_sent_recipient_is_never_marked_again(client: aioredis.Redis) ->
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
     await ledger.mark(item)
-    await ledger.record(item, "sent")
+    await ledger.record(Record(item, "sent"))
     await seeded(ledger, "a")  # a new seeding of the same audience version adds nothing
     assert await ledger.claim(10) == []
     assert (await ledger.counts())["sent"] == 1
+
+
+async def test_the_previous_outcome_and_the_next_mark_share_one_call(
+    client: aioredis.Redis
+) -> None:
+    ledger = make(client)
+    await seeded(ledger, "a", "b")
+    first, second = await ledger.claim(10)
+    assert (await ledger.mark(first))[0] == "ok"
+    assert await ledger.mark(second, Record(first, "sent")) == ("ok", "sent")
+    assert (await ledger.entry("a"))["s"] == "sent"
+    assert (await ledger.entry("b"))["s"] == "handing"
