@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from herald_dev.stack import DevStack, dev_home
@@ -13,7 +14,7 @@ from herald_operator import main as operator_main
 def _dev_up(stack: DevStack) -> int:
     stack.up()
     print(f"herald dev stack is up (home {stack.home}).")
-    print('Use it from this shell with:  eval "$(herald dev env)"')
+    print(f'Use it from this shell with:  eval "$({shlex.quote(sys.argv[0])} dev env)"')
     return 0
 
 
@@ -29,6 +30,8 @@ def _dev_status(stack: DevStack) -> int:
     for name, state, pid, log in rows:
         print(f"{name:<{width}}  {state:<19} pid {pid:<8} log {log}")
     print(f"kubeconfig: {stack.cluster.kubeconfig}")
+    print(f"operator: http://127.0.0.1:{stack.ports['operator_health']}/healthz, "
+          f"http://127.0.0.1:{stack.ports['operator_metrics']}/metrics")
     for key, value in stack.env().items():
         if key != "KUBECONFIG":
             print(f"{key}: {value}")

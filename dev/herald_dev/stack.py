@@ -20,7 +20,8 @@ from herald_dev.servers import capture_service, redis_service
 from herald_dev.services import Service, free_port, http_ok, start_all, stop_all
 
 REPO = Path(__file__).resolve().parents[2]
-MANIFESTS = [REPO / "manifests" / "crds", REPO / "manifests" / "rbac"]
+MANIFESTS = [REPO / "manifests" / "crds", REPO / "manifests" / "rbac",
+             REPO / "manifests" / "policies"]
 OPERATOR_NAMESPACE, OPERATOR_ACCOUNT = "herald-system", "herald-operator"
 
 
@@ -88,6 +89,7 @@ class DevStack:
 
     def env(self) -> dict[str, str]:
         return {
+            "HERALD_DEV_HOME": str(self.home),
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "HERALD_REDIS_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
             "HERALD_SMTP_HOST": "127.0.0.1",

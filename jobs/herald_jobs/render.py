@@ -23,16 +23,21 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from herald_api.models import Message
 
-_LINE_BREAKS = re.compile(r"[\r\n]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class RenderError(ValueError):
     """A recipient's message cannot be made; the reason is shown in its ledger entry."""
 
 
+def one_line(value: str) -> str:
+    """Every kind of line break (CR, LF, NEL, LS, PS, …) and control character as a space."""
+    return _CONTROL.sub(" ", " ".join(value.splitlines()))
+
+
 def header_value(value: str) -> str:
     """One line, encoded as RFC 2047 when it is not plain ASCII."""
-    flat = _LINE_BREAKS.sub(" ", value).strip()
+    flat = one_line(value).strip()
     if flat.isascii():
         return flat
     return Header(flat, "utf-8").encode(maxlinelen=998)
@@ -40,7 +45,7 @@ def header_value(value: str) -> str:
 
 def address_header(value: str) -> str:
     """A From/Reply-To/To value with its display name encoded when needed."""
-    name, addr = email.utils.parseaddr(_LINE_BREAKS.sub(" ", value))
+    name, addr = email.utils.parseaddr(one_line(value))
     if not addr:
         raise RenderError(f"not an address: {value!r}")
     if not name:

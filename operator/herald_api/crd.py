@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from herald_api import GROUP, VERSION
-from herald_api.models import CampaignSpec, CampaignStatus, HaltSpec
+from herald_api.models import HALT_NAME, CampaignSpec, CampaignStatus, HaltSpec, cel
 
 # Pydantic's JSON-schema words that a Kubernetes structural schema has no use for.
 _DROPPED = {"title", "additionalProperties"}
@@ -52,10 +52,12 @@ def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
 def _crd(
     kind: str, plural: str, scope: str, short: list[str], spec: type[BaseModel],
     status: dict[str, Any], columns: list[dict[str, Any]], spec_required: bool,
+    root_rules: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     root: dict[str, Any] = {
         "type": "object",
         "properties": {"spec": _schema_of(spec), "status": status},
+        **(root_rules or {}),
     }
     if spec_required:
         root["required"] = ["spec"]
@@ -119,6 +121,9 @@ def halt_crd() -> dict[str, Any]:
             _column("Age", "date", ".metadata.creationTimestamp"),
         ],
         spec_required=False,
+        # One object, so that "halted" has one meaning; any other name would be ignored.
+        root_rules=cel((f"self.metadata.name == '{HALT_NAME}'",
+                        f"the DeliveryHalt must be named '{HALT_NAME}'", None)),
     )
 
 

@@ -21,7 +21,9 @@ RESUME_EVERY = ("1m", "2m", "3m", "4m", "5m", "6m", "10m", "12m", "15m", "20m", 
 Phase = Literal["Pending", "Scheduled", "Running", "Suspended", "Completed", "Invalid", "Halted"]
 
 HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
-ONE_LINE = r"^[^\r\n]*$"
+# No line break of any kind (CR, LF, NEL, LS, PS) nor NUL; `\x{…}` reads the same to the
+# API server's Go regexp and pydantic's Rust one.
+ONE_LINE = r"^[^\r\n\x{85}\x{2028}\x{2029}\x{0}]*$"
 HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 # Headers Herald writes itself, or that would change who receives the message.
 RESERVED_HEADERS = (

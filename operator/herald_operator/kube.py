@@ -69,12 +69,12 @@ class Kube:
             return None
         return dict(found.to_dict())
 
-    def halt(self) -> dict[str, Any]:
-        """The DeliveryHalt's spec; an absent object halts nothing."""
+    def halt(self) -> dict[str, Any] | None:
+        """The DeliveryHalt's spec, or None when the object does not exist."""
         try:
             found = self._resource(API_VERSION, "DeliveryHalt").get(name=HALT_NAME)
         except NotFoundError:
-            return {}
+            return None
         return dict(found.to_dict().get("spec") or {})
 
     def ensure_halt_object(self) -> None:

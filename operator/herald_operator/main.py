@@ -13,8 +13,10 @@ import sys
 from typing import Any, cast
 
 import kopf
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
 from prometheus_client import start_http_server
 
 from herald_api import GROUP
@@ -52,8 +54,12 @@ def _check_crds(api: client.ApiClient) -> str | None:
             ext.read_custom_resource_definition(name)
         except ApiException as err:
             if err.status == 404:
-                return (f"the CRD {name} is not installed: apply manifests/crds/ "
-                        f"(kubectl apply -f manifests/crds/) or install the Helm chart")
+                return (f"the CRD {name} is not installed: kubectl apply --server-side "
+                        f"-f manifests/crds/ -f manifests/rbac/ -f manifests/policies/")
+            if err.status in (401, 403):
+                return (f"not allowed to read the CRD {name} ({err.status} {err.reason}): "
+                        f"the operator's ServiceAccount needs the ClusterRole in "
+                        f"manifests/rbac/operator.yaml")
             raise
     return None
 
@@ -134,8 +140,13 @@ async def _run(args: argparse.Namespace, api: client.ApiClient) -> None:
 
 def run(args: argparse.Namespace) -> int:
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose=False)
-    api = api_client()
-    problem = _check_crds(api)
+    try:
+        api = api_client()
+        problem = _check_crds(api)
+    except ConfigException as err:
+        problem = f"no Kubernetes configuration (in-cluster, or KUBECONFIG): {err}"
+    except (ApiException, urllib3.exceptions.HTTPError) as err:
+        problem = f"cannot reach the Kubernetes API: {err}"
     if problem:
         print(f"herald operator: {problem}", file=sys.stderr)
         return 2

@@ -98,10 +98,16 @@ def conditions_of(f: Facts, old: list[dict[str, Any]], generation: int,
     def make(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
         return condition(type_, status, reason, message, old, generation, now)
 
-    ready = not (f.halted or f.problem) and bool(f.cron_jobs)
+    if f.problem:
+        ready = (False, "InvalidSpec", "see the Invalid condition")
+    elif f.halted:
+        ready = (False, "ClusterHalt", "CronJobs suspended by the cluster halt")
+    elif not f.cron_jobs:
+        ready = (False, "NoCronJobs", "no CronJobs")
+    else:
+        ready = (True, "CronJobsReady", f"CronJobs: {', '.join(f.cron_jobs)}")
     return [
-        make("Ready", ready, "CronJobsReady" if ready else "NotReady",
-             f"CronJobs: {', '.join(f.cron_jobs)}" if ready else "no CronJobs to run"),
+        make("Ready", *ready),
         make("Suspended", f.suspended, "SuspendedBySpec" if f.suspended else "NotSuspended",
              "spec.suspend is true" if f.suspended else ""),
         make("WindowOpen", f.window_open and not f.problem,
@@ -136,6 +142,9 @@ def events_of(old: dict[str, Any], new: dict[str, Any], generation: int
     if invalid["status"] == "True" and (
             not old_invalid or old_invalid[0].get("message") != invalid["message"]):
         events.append(("Warning", "InvalidSpec", invalid["message"]))
+    elif invalid["status"] == "False" and old_invalid and old_invalid[0].get("status") == "True":
+        events.append(("Normal", "SpecValid", f"the spec is valid again; CronJobs: "
+                                              f"{', '.join(new['cronJobs']) or 'none'}"))
     return events
 
 
@@ -164,7 +173,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta["generation"]
     old_status = body.get("status") or {}
-    halt = kube.halt()
+    halt = kube.halt() or {}
     halted = bool(halt.get("halted"))
 
     spec, problem = spec_problem(body.get("spec") or {})
@@ -216,6 +225,8 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
 
 def reconcile_all(kube: Kube, settings: JobSettings) -> None:
     """Every campaign, then the cluster-wide bindings whose campaign is gone."""
+    if kube.halt() is None:
+        kube.ensure_halt_object()  # the halt command needs it (deleting it needs no halt)
     phases: dict[str, int] = {}
     for body in kube.campaigns():
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]

@@ -60,6 +60,7 @@ def test_up_is_idempotent_env_reaches_it_and_down_stops_everything(home: Path) -
     assert redis.Redis.from_url(redis_url).ping()
     assert smtp_port == str(stack.ports["smtp"])
     assert Path(capture_dir) == stack.maildir
+    assert f"export HERALD_DEV_HOME={home}" in script
 
     down = herald(home, "down")
     assert down.returncode == 0, down.stderr

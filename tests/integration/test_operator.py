@@ -165,17 +165,31 @@ def test_cluster_halt_stops_every_campaign_and_its_undo_resumes_them(
     request.addfinalizer(lambda: k8s.cp.kubectl(*halt, '{"spec":{"halted":false}}'))
     k8s.cp.kubectl(*halt, '{"spec":{"halted":true,"reason":"incident 42"}}')
     wait_for(lambda: all(k8s.status(n).get("phase") == "Halted" for n in ("one", "two")), 30)
+    # While halted, the halt object cannot be deleted (that would lift the halt silently).
+    with pytest.raises(RuntimeError, match="undo the halt first"):
+        k8s.cp.kubectl("delete", "deliveryhalt", "cluster")
     assert all(cj.spec.suspend for cj in k8s.cronjobs().values())
     halted = k8s.condition("one", "Halted")
     assert (halted["status"], halted["reason"], halted["message"]) == (
         "True", "ClusterHalt", "incident 42")
     k8s.cp.kubectl(*halt, '{"spec":{"halted":false}}')
     wait_for(lambda: k8s.status("one").get("phase") == "Scheduled", 30)
+    assert [e.message for e in k8s.events("Halted")] == ["delivery stopped"] * 2
     # Undoing the halt leaves a campaign's own suspend alone.
     wait_for(lambda: k8s.status("two").get("phase") == "Suspended", 30)
     cronjobs = k8s.cronjobs()
     assert cronjobs["one-w0"].spec.suspend is False
     assert cronjobs["two-w0"].spec.suspend is True
+
+
+def test_there_is_one_halt_object_and_the_operator_keeps_it(
+    operator: Service, k8s: Cluster
+) -> None:
+    with pytest.raises(RuntimeError, match="must be named 'cluster'"):
+        k8s.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": "DeliveryHalt",
+                   "metadata": {"name": "incident"}, "spec": {"halted": True}})
+    k8s.cp.kubectl("delete", "deliveryhalt", "cluster")  # not halted: allowed
+    wait_for(lambda: "cluster" in k8s.cp.kubectl("get", "deliveryhalts", "-o", "name"), 30)
 
 
 def test_deleting_a_campaign_collects_what_it_owned(
@@ -244,6 +258,7 @@ def test_an_invalid_campaign_becomes_valid_when_its_configmap_appears(
         data={"recipients.csv": "email\nuser1@example.com\n"}))
     wait_for(lambda: k8s.status("notice").get("phase") == "Scheduled", timeout=30)
     assert list(k8s.cronjobs()) == ["notice-w0"]
+    wait_for(lambda: k8s.events("SpecValid"), timeout=10)
 
 
 ADMISSION_CASES = [
@@ -259,6 +274,8 @@ ADMISSION_CASES = [
     ({"message": {"from": "a@example.com", "subject": "s\r\nBcc: x@example.com", "text": "t"}},
      "spec.message.subject"),
     ({"message": {"from": "a@example.com\n", "subject": "s", "text": "t"}}, "spec.message.from"),
+    ({"message": {"from": "a@example.com", "subject": "s\u2028Bcc: x@example.com", "text": "t"}},
+     "spec.message.subject"),
     ({"message": {"from": "a@example.com", "replyTo": "b@example.com\nX: y", "subject": "s",
                   "text": "t"}}, "spec.message.replyTo"),
     ({"message": {"from": "a@example.com", "subject": "s", "text": "t",
@@ -382,4 +399,4 @@ def test_operator_says_clearly_when_the_crd_is_not_installed(tmp_path: Path) -> 
         stop_all(bare.services[:2])
     assert done.returncode == 2
     assert "notificationcampaigns.herald.dev is not installed" in done.stderr
-    assert "kubectl apply -f manifests/crds/" in done.stderr
+    assert "-f manifests/crds/" in done.stderr

@@ -58,6 +58,15 @@ def test_line_breaks_in_variables_stay_inside_their_header() -> None:
     assert msg["Subject"] == "Hi Eve Bcc: victim@example.com"
 
 
+@pytest.mark.parametrize("brk", ["\n", "\r", "\x85", "\u2028", "\u2029", "\x00", "\x0b"])
+def test_no_kind_of_line_break_or_control_character_reaches_a_header(brk: str) -> None:
+    rendered = factory(subject="Hi {{ name }}").render(
+        "a@example.com", "a@example.com", {"name": f"Eve{brk}Bcc: victim@example.com"})
+    head = rendered.data.split(b"\r\n\r\n", 1)[0]
+    assert not any(line.startswith(b"Bcc") for line in head.split(b"\r\n"))
+    assert b"\x00" not in head
+
+
 def test_html_variables_are_escaped_and_both_parts_are_sent() -> None:
     msg = parse(factory(html="<p>{{ name }}</p>").render(
         "a@example.com", "a@example.com", {"name": "<script>x</script>"}).data)
