@@ -325,3 +325,39 @@ def test_starttls_and_auth_with_credentials_from_the_secret(
         assert tls_capture.journal() == []
         assert (entry["s"], entry["a"]) == ("pending", 0)
         assert "relay unavailable" in log
+
+
+def test_ambiguous_outcomes_in_a_row_stop_the_run_and_leave_the_rest_pending(
+    delivery: Delivery, fault_smtp: Mailbox
+) -> None:
+    stalls = [f"stall-after-data-{i}@example.com" for i in range(3)]
+    spec = delivery.campaign("unhealthy", fault_smtp, audience={"inline": [
+        *({"email": s} for s in stalls),
+        *({"email": f"user{i}@example.com"} for i in range(5))]},
+        smtp={"host": "127.0.0.1", "port": fault_smtp.port, "security": "None",
+              "timeoutSeconds": 1, "connections": 1},
+        delivery={"leaseSeconds": 2, "backoffSeconds": 1})
+    code, log = delivery.run("unhealthy")
+    assert code == 0, log
+    assert '"result": "RelayUnhealthy"' in log
+    assert per_recipient(fault_smtp) == {}
+    counts = delivery.counts("unhealthy", spec)
+    assert (counts["unknown"], counts["pending"], counts.get("sent", 0)) == (3, 5, 0)
+
+
+def test_at_least_once_resends_an_unknown_with_one_message_id_up_to_max_attempts(
+    delivery: Delivery, fault_smtp: Mailbox
+) -> None:
+    drop = "drop-after-data-1@example.com"
+    spec = delivery.campaign("again-and-again", fault_smtp,
+                             audience={"inline": [{"email": drop}]},
+                             delivery={"guarantee": "AtLeastOnce", "maxAttempts": 3,
+                                       "leaseSeconds": 4, "backoffSeconds": 1})
+    for _ in range(2):  # a second run adds nothing: the recipient is settled
+        code, log = delivery.run("again-and-again")
+        assert code == 0, log
+    copies = [e for e in fault_smtp.journal() if e["outcome"] == "dropped"]
+    assert len(copies) == 3
+    assert len({c["message_id"] for c in copies}) == 1
+    entry = delivery.ledger("again-and-again", spec)[drop]
+    assert (entry["s"], entry["a"]) == ("unknown", 3)
