@@ -69,6 +69,11 @@ class CampaignKeys:
         """Identities met while seeding one audience version (duplicate detection)."""
         return f"{self._round}:seen:{audience_version}"
 
+    # Set by the first pod that sees a suspend or halt; every pod's mark honours it.
+    @property
+    def stop(self) -> str:
+        return f"{self._base}:stop"
+
     # The fencing-token counter of the whole campaign.
     @property
     def fence(self) -> str:

@@ -18,6 +18,7 @@ PLURAL = "notificationcampaigns"
 
 class CampaignSource:
     def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
+        self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.namespace, self.name = namespace, name

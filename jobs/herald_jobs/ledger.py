@@ -152,11 +152,12 @@ end
 return out
 """
 
-# The send path's two steps, as functions over the same six KEYS:
-# ledger, leases, holders, queue, counts, recipients.
+# The send path's two steps, as functions over the same seven KEYS:
+# ledger, leases, holders, queue, counts, recipients, stop.
 #
 # mark(identity, token): the fenced mark, pending → handing, only under the caller's
-# unexpired lease. Returns {'ok', attempts} | {'lost'} | {'done', state}.
+# unexpired lease and while no pod has seen a stop (suspend, halt).
+# Returns {'ok', attempts} | {'lost'} | {'stopped', reason} | {'done', state}.
 #
 # record(identity, token, outcome, reason, guarantee, max attempts, requeue delay ms,
 #        uses an attempt '1'/'0', retention seconds): records an outcome for a recipient the
@@ -164,6 +165,8 @@ return out
 # token) still counts: it is the truth. Returns the new state, or 'stale'.
 _SEND_PATH = _PRELUDE + """
 local function mark(id, token)
+  local stop = redis.call('GET', KEYS[7])
+  if stop then return {'stopped', stop} end
   if redis.call('HGET', KEYS[3], id) ~= token then return {'lost'} end
   local expiry = redis.call('ZSCORE', KEYS[2], id)
   if not expiry or tonumber(expiry) <= now_ms() then return {'lost'} end
@@ -336,7 +339,7 @@ class Ledger:
     @property
     def _send_keys(self) -> list[str]:
         k = self.keys
-        return [k.ledger, k.leases, k.holders, k.queue, k.counts, k.recipients]
+        return [k.ledger, k.leases, k.holders, k.queue, k.counts, k.recipients, k.stop]
 
     def _record_args(self, done: Record) -> list[Any]:
         p = self.policy
@@ -346,7 +349,7 @@ class Ledger:
 
     async def mark(self, item: Claimed, previous: Record | None = None
                    ) -> tuple[str, str | None]:
-        """The fenced mark: ('ok' | 'lost' | 'done', previous outcome's new state).
+        """The fenced mark: ('ok' | 'lost' | 'stopped' | 'done', previous outcome's state).
 
         With `previous`, that outcome is recorded first in the same script call, so the
         send path costs one Redis round trip per message.
@@ -369,6 +372,14 @@ class Ledger:
         k = self.keys
         return int(await self._renew(keys=[k.leases, k.holders],
                                      args=[token, self.policy.lease_ms, *identities]))
+
+    async def announce_stop(self, reason: str) -> None:
+        """Tell every pod's mark to refuse: this campaign is suspended or halted."""
+        await self.redis.set(self.keys.stop, reason)
+
+    async def clear_stop(self) -> None:
+        """A run that has confirmed it may send lifts an earlier stop."""
+        await self.redis.delete(self.keys.stop)
 
     async def counts(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.counts)

@@ -11,16 +11,19 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from herald_api.models import CampaignSpec
 from herald_jobs.audience import AudienceReader
+from herald_jobs.controls import Controls
 from herald_jobs.keys import CampaignKeys
 from herald_jobs.kube import CampaignSource, content_key
 from herald_jobs.ledger import Claimed, Ledger, Policy, Record
@@ -118,14 +121,30 @@ class RunState:
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
+# Stops that hold for every pod of the campaign, announced in Redis for the marks of all.
+SHARED_STOPS = ("Suspended", "Halted", "Deleted")
+
+
 class Run:
     def __init__(self, spec: CampaignSpec, ledger: Ledger, factory: MessageFactory,
-                 credentials: tuple[str | None, str | None]) -> None:
+                 credentials: tuple[str | None, str | None], controls: Controls) -> None:
         self.spec = spec
         self.ledger = ledger
         self.factory = factory
         self.credentials = credentials
+        self.controls = controls
         self.state = RunState()
+
+    async def stopping(self) -> bool:
+        """Whether the run must stop; the first sight of a shared stop is announced."""
+        if not self.state.stop_reason:
+            reason = self.controls.reason()
+            if reason:
+                self.state.stop_reason = reason
+                log.info("run stopping", extra={"reason": reason})
+                if reason in SHARED_STOPS:
+                    await self.ledger.announce_stop(reason)
+        return bool(self.state.stop_reason)
 
     async def deliver(self) -> RunState:
         sessions = [Session(self.spec.smtp, *self.credentials)
@@ -157,7 +176,7 @@ class Run:
 
     async def _claim_and_send(self, session: Session) -> None:
         relay_failures = 0
-        while not self.state.stop_reason:
+        while not await self.stopping():
             batch = await self.ledger.claim(CLAIM_BATCH)
             if not batch:
                 if not await self.ledger.unfinished():
@@ -169,7 +188,7 @@ class Run:
             carry: Record | None = None  # recorded together with the next mark
             try:
                 for i, item in enumerate(batch):
-                    if self.state.stop_reason or relay_failures >= RELAY_FAILURES_IN_A_ROW:
+                    if await self.stopping() or relay_failures >= RELAY_FAILURES_IN_A_ROW:
                         for rest in batch[i:]:
                             await self.ledger.record(Record(rest, "release", "run stopped",
                                                             delay_ms=0))
@@ -209,6 +228,8 @@ class Run:
 
         async def mark() -> bool:
             nonlocal marked, carry
+            if await self.stopping():  # checked right before every handover
+                return False
             previous, carry = carry, None
             try:
                 status, _ = await self.ledger.mark(item, previous)
@@ -226,6 +247,8 @@ class Run:
             await self.ledger.record(carry)
         self._count(result.outcome)
         if result.outcome is Outcome.NOT_MARKED:
+            if self.state.stop_reason:  # not offered because the run stops: free it now
+                return result.outcome, Record(item, "release", "run stopped", delay_ms=0)
             return result.outcome, None
         if result.outcome is Outcome.RELAY:
             return result.outcome, Record(item, "release", result.reason)
@@ -251,22 +274,36 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
     spec = CampaignSpec.model_validate(body.get("spec") or {})
     status = body.get("status") or {}
     dedupe_key = spec.delivery.dedupe_key or status.get("dedupeKey") or content_key(spec.message)
+    controls = Controls(source.api, source.namespace, source.name,
+                        body["metadata"]["generation"], spec.windows, ZoneInfo(spec.time_zone))
+    controls.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: setattr(controls, "signalled", "Terminated"))
     client = aioredis.Redis.from_url(redis_url)
+    state, counts = RunState(), {}
     try:
         await check_durable(client, accept_unverified)
-        audience = await asyncio.to_thread(source.audience, spec)
-        credentials = await asyncio.to_thread(source.credentials, spec)
-        if status.get("dedupeKey") != dedupe_key:
-            await asyncio.to_thread(source.patch_status, {"dedupeKey": dedupe_key})
         d = spec.delivery
         policy = Policy(d.guarantee, d.max_attempts, d.backoff_seconds * 1000,
                         d.lease_seconds * 1000)
         ledger = Ledger(client, CampaignKeys(source.namespace, source.name, dedupe_key), policy)
-        await seed(client, ledger, audience)
-        factory = MessageFactory(spec.message, source.namespace, source.name, dedupe_key)
-        state = await Run(spec, ledger, factory, credentials).deliver()
+        await asyncio.to_thread(controls.wait_confirmed)
+        reason = controls.reason()
+        if reason:
+            state.stop_reason = reason  # nothing to do now: not even seeding
+        else:
+            await ledger.clear_stop()
+            audience = await asyncio.to_thread(source.audience, spec)
+            credentials = await asyncio.to_thread(source.credentials, spec)
+            if status.get("dedupeKey") != dedupe_key:
+                await asyncio.to_thread(source.patch_status, {"dedupeKey": dedupe_key})
+            await seed(client, ledger, audience)
+            factory = MessageFactory(spec.message, source.namespace, source.name, dedupe_key)
+            state = await Run(spec, ledger, factory, credentials, controls).deliver()
         counts = await ledger.counts()
     finally:
+        await asyncio.to_thread(controls.stop)
+        loop.remove_signal_handler(signal.SIGTERM)
         with contextlib.suppress(Exception):
             await client.aclose()
     log.info("run finished", extra={
