@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import hashlib
 import io
 import json
 import re
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 
 import idna
 
-from herald_api.models import Audience
+from herald_api.models import Audience, audience_version
 
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 
@@ -107,13 +106,8 @@ class AudienceReader:
         self.secrets = secrets  # decoded data of each secrets entry, in order
 
     def version(self) -> str:
-        """A digest of everything the audience is made of: a new one means a new seeding."""
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.audience.model_dump(by_alias=True), sort_keys=True)
-                      .encode())
-        for data in (*self.config_maps, *self.secrets):
-            digest.update(b"\0" + data.encode())
-        return digest.hexdigest()[:32]
+        """A new version means a new seeding (the operator computes the same digest)."""
+        return audience_version(self.audience, [*self.config_maps, *self.secrets])
 
     def __iter__(self) -> Iterator[Recipient]:
         for person in self.audience.inline:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from herald_api import GROUP, VERSION
-from herald_api.models import CampaignSpec, Message
+from herald_api.models import CampaignSpec
 from herald_jobs.audience import AudienceError, AudienceReader, secret_text
 
 PLURAL = "notificationcampaigns"
@@ -27,9 +25,13 @@ class CampaignSource:
         return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, self.name))
 
-    def patch_status(self, status: dict[str, Any]) -> None:
+    def patch_status(self, status: dict[str, Any], resource_version: str | None = None) -> None:
+        """A merge patch of status; with a resourceVersion, refused (409) if it changed."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": status})
+            GROUP, VERSION, self.namespace, PLURAL, self.name, body)
 
     def audience(self, spec: CampaignSpec) -> AudienceReader:
         """The audience's sources, read afresh."""
@@ -68,9 +70,3 @@ class CampaignSource:
         if key not in data:
             raise AudienceError(f"{field}: {name!r} has no key {key!r}")
         return data[key]
-
-
-def content_key(message: Message) -> str:
-    """The dedupe key a campaign gets at its first send when none is set: spec.message's hash."""
-    canonical = json.dumps(message.model_dump(by_alias=True), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

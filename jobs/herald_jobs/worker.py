@@ -21,14 +21,15 @@ from zoneinfo import ZoneInfo
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from herald_api.models import CampaignSpec
+from herald_api.models import CampaignSpec, content_key
 from herald_jobs.audience import AudienceReader
 from herald_jobs.controls import Controls
 from herald_jobs.keys import CampaignKeys
-from herald_jobs.kube import CampaignSource, content_key
+from herald_jobs.kube import CampaignSource
 from herald_jobs.ledger import Claimed, Ledger, Policy, Record
 from herald_jobs.mailer import Outcome, Session
 from herald_jobs.render import MessageFactory, RenderError
+from herald_jobs.status import StatusWriter
 
 log = logging.getLogger("herald.job")
 
@@ -295,11 +296,18 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
             await ledger.clear_stop()
             audience = await asyncio.to_thread(source.audience, spec)
             credentials = await asyncio.to_thread(source.credentials, spec)
-            if status.get("dedupeKey") != dedupe_key:
-                await asyncio.to_thread(source.patch_status, {"dedupeKey": dedupe_key})
+            writer = StatusWriter(source, ledger, dedupe_key)
             await seed(client, ledger, audience)
+            writer.audience_version = audience.version()
             factory = MessageFactory(spec.message, source.namespace, source.name, dedupe_key)
-            state = await Run(spec, ledger, factory, credentials, controls).deliver()
+            run = Run(spec, ledger, factory, credentials, controls)
+            sent = lambda: run.state.outcomes.get("sent", 0)  # noqa: E731
+            updates = asyncio.create_task(writer.every(sent))
+            try:
+                state = await run.deliver()
+            finally:
+                updates.cancel()
+            await writer.write(sent(), result=state.stop_reason or "Done")
         counts = await ledger.counts()
     finally:
         await asyncio.to_thread(controls.stop)

@@ -9,6 +9,8 @@ older CRD). A unit test holds the two to the same cases.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -237,6 +239,11 @@ class CampaignStatus(ApiModel):
     withdrawn: int | None = None
     duplicates_in_audience: int | None = None
     duplicates_prevented: int | None = None
+    counts_version: int | None = Field(
+        default=None, description="Grows with every change of the counts; writers never "
+                                  "replace newer counts with older ones.")
+    audience_version: str | None = Field(
+        default=None, description="Digest of the audience last added to the ledger.")
     cron_jobs: list[str] = Field(default_factory=list)
     next_window_start: str | None = None
     last_run: LastRun | None = None
@@ -252,3 +259,20 @@ class HaltSpec(ApiModel):
     halted: bool = Field(
         default=False, description="True halts every campaign in the cluster; false undoes it.")
     reason: str = Field(default="", max_length=1024, description="Why, for the people paged.")
+
+
+def audience_version(audience: Audience, source_data: list[str]) -> str:
+    """A digest of everything an audience is made of (its spec and, in order, the text of
+    each ConfigMap and Secret key it names): a new one means new work to seed."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(audience.model_dump(by_alias=True), sort_keys=True).encode())
+    for data in source_data:
+        digest.update(b"\0" + data.encode())
+    return digest.hexdigest()[:32]
+
+
+def content_key(message: Message) -> str:
+    """The dedupe key a campaign gets at its first send when none is set: a hash of
+    spec.message."""
+    canonical = json.dumps(message.model_dump(by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

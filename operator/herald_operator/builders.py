@@ -85,6 +85,8 @@ def _pod_env(campaign: Campaign, settings: JobSettings) -> list[dict[str, Any]]:
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "HERALD_CAMPAIGN", "value": campaign.name},
         {"name": "HERALD_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "HERALD_JOB_NAME",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
     ]
     if settings.redis_secret_name:
         env.append({"name": "HERALD_REDIS_URL", "valueFrom": {"secretKeyRef": {

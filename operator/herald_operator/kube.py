@@ -6,6 +6,7 @@ updating and repairing an object that someone edited by hand are the same call.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import logging
@@ -87,14 +88,14 @@ class Kube:
             if err.status != 409:
                 raise
 
-    def data_keys(self, kind: str, namespace: str, name: str) -> set[str] | None:
-        """The keys of a ConfigMap or Secret, or None when it does not exist."""
+    def source_data(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's or Secret's data as text, or None when it does not exist."""
         try:
             if kind == "ConfigMap":
-                cm = self.core.read_namespaced_config_map(name, namespace)
-                return set(cm.data or {}) | set(cm.binary_data or {})
-            secret = self.core.read_namespaced_secret(name, namespace)
-            return set(secret.data or {})
+                return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+            data = self.core.read_namespaced_secret(name, namespace).data or {}
+            return {k: base64.b64decode(v).decode("utf-8", errors="replace")
+                    for k, v in data.items()}
         except ApiException as err:
             if err.status == 404:
                 return None

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
-from herald_api.models import CampaignSpec
+from herald_api.models import CampaignSpec, audience_version, content_key
 from herald_api.names import CAMPAIGN_ANNOTATION
 from herald_api.windows import is_open, next_window_start
 from herald_operator import metrics
@@ -48,8 +48,9 @@ def spec_problem(raw: dict[str, Any]) -> tuple[CampaignSpec | None, str | None]:
     return spec, None
 
 
-def reference_problem(kube: Kube, namespace: str, spec: CampaignSpec) -> str | None:
-    """A ConfigMap, Secret or key the spec names but the namespace lacks."""
+def read_sources(kube: Kube, namespace: str, spec: CampaignSpec
+                 ) -> tuple[str | None, list[str]]:
+    """(what is missing, naming the field) or (None, the audience sources' text in order)."""
     refs: list[tuple[str, str, str, set[str]]] = []
     for i, ref in enumerate(spec.audience.config_maps):
         refs.append((f"spec.audience.configMaps[{i}]", "ConfigMap", ref.name, {ref.key}))
@@ -58,14 +59,24 @@ def reference_problem(kube: Kube, namespace: str, spec: CampaignSpec) -> str | N
     if spec.smtp.credentials_secret_ref:
         refs.append(("spec.smtp.credentialsSecretRef", "Secret",
                      spec.smtp.credentials_secret_ref.name, {"username", "password"}))
+    texts = []
     for path, kind, name, wanted in refs:
-        keys = kube.data_keys(kind, namespace, name)
-        if keys is None:
-            return f"{path}.name: {kind} {name!r} not found in namespace {namespace!r}"
-        missing = sorted(wanted - keys)
+        data = kube.source_data(kind, namespace, name)
+        if data is None:
+            return f"{path}.name: {kind} {name!r} not found in namespace {namespace!r}", []
+        missing = sorted(wanted - set(data))
         if missing:
-            return f"{path}: {kind} {name!r} has no key {missing[0]!r}"
-    return None
+            return f"{path}: {kind} {name!r} has no key {missing[0]!r}", []
+        if path.startswith("spec.audience"):
+            texts.append(data[next(iter(wanted))])
+    return None, texts
+
+
+def is_completed(spec: CampaignSpec, status: dict[str, Any], audience: str) -> bool:
+    """Every recipient of the current round and audience is in a terminal state."""
+    key = spec.delivery.dedupe_key or status.get("dedupeKey") or content_key(spec.message)
+    return (status.get("dedupeKey") == key and status.get("audienceVersion") == audience
+            and (status.get("total") or 0) > 0 and status.get("pending") == 0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class Facts:
     halt_reason: str
     problem: str | None
     suspended: bool
+    completed: bool
     running: bool
     window_open: bool
     cron_jobs: list[str]
@@ -88,6 +100,8 @@ def phase_of(f: Facts) -> str:
         return "Invalid"
     if f.suspended:
         return "Suspended"
+    if f.completed:
+        return "Completed"
     if f.running:
         return "Running"
     return "Scheduled" if f.cron_jobs else "Pending"
@@ -130,6 +144,9 @@ def events_of(old: dict[str, Any], new: dict[str, Any], generation: int
     elif old.get("observedGeneration") != generation:
         events.append(("Normal", "Updated", f"generation {generation} applied; CronJobs: "
                        f"{', '.join(new['cronJobs']) or 'none'}"))
+    if new["phase"] == "Completed" and old.get("phase") != "Completed":
+        events.append(("Normal", "Completed", "every recipient has a final state; "
+                                              "CronJobs suspended until the audience changes"))
     for type_, on, off in (("Suspended", "Suspended", "Resumed"),
                            ("Halted", "Halted", "HaltLifted")):
         before, after = is_true(old_conditions, type_), is_true(new_conditions, type_)
@@ -177,14 +194,19 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
     halted = bool(halt.get("halted"))
 
     spec, problem = spec_problem(body.get("spec") or {})
+    completed = False
     if spec and not problem:
-        problem = reference_problem(kube, namespace, spec)
+        problem, texts = read_sources(kube, namespace, spec)
+        # Completed until the audience changes: then the CronJobs run again and the new
+        # recipients (only they) get the message.
+        completed = not problem and is_completed(
+            spec, old_status, audience_version(spec.audience, texts))
     desired: list[dict[str, Any]] = []
     if spec and not problem:
         campaign = Campaign(namespace, name, meta["uid"], spec)
         for obj in job_access(campaign):
             kube.apply(obj)
-        desired = cronjobs(campaign, settings, suspend=spec.suspend or halted)
+        desired = cronjobs(campaign, settings, suspend=spec.suspend or halted or completed)
         for obj in desired:
             kube.apply(obj)
     wanted = {obj["metadata"]["name"] for obj in desired}
@@ -202,6 +224,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
         halt_reason=str(halt.get("reason") or "DeliveryHalt 'cluster' is halted"),
         problem=problem,
         suspended=bool(spec and spec.suspend),
+        completed=completed,
         running=running,
         window_open=bool(spec and zone and is_open(spec.windows, zone, now)),
         cron_jobs=sorted(wanted),

@@ -14,10 +14,9 @@ import pytest
 import redis
 from kubernetes import client
 
-from herald_api.models import CampaignSpec
+from herald_api.models import CampaignSpec, content_key
 from herald_dev.controlplane import ControlPlane
 from herald_jobs.keys import CampaignKeys
-from herald_jobs.kube import content_key
 from herald_operator.builders import Campaign, job_access
 from tests.conftest import LOGS_BY_FIXTURE, Mailbox
 

@@ -1,0 +1,77 @@
+"""The campaign's counts in its status, written by the pods of a run.
+
+Counts come from the ledger's counts hash, whose `version` grows with every change. A
+write carries that version and the resourceVersion it read (a conflict means someone wrote
+in between: read again); a status that already shows a newer version is left alone. So
+however many pods write, a reader never sees a count go backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from herald_jobs.kube import CampaignSource
+from herald_jobs.ledger import COUNT_FIELDS, Ledger
+
+log = logging.getLogger("herald.job")
+EVERY_SECONDS = 2.0
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusWriter:
+    def __init__(self, source: CampaignSource, ledger: Ledger, dedupe_key: str) -> None:
+        self.source = source
+        self.ledger = ledger
+        self.dedupe_key = dedupe_key
+        self.started = dt.datetime.now(dt.UTC)
+        self.job = os.environ.get("HERALD_JOB_NAME") or os.environ.get("HERALD_POD_NAME", "")
+        self.audience_version: str | None = None
+
+    async def write(self, sent_this_run: int, result: str = "") -> None:
+        """Write the ledger's counts (and, with a result, this run's lastRun)."""
+        counts = await self.ledger.counts()
+        status: dict[str, Any] = {f: counts.get(f, 0) for f in COUNT_FIELDS}
+        status["countsVersion"] = counts.get("version", 0)
+        status["dedupeKey"] = self.dedupe_key
+        if self.audience_version:
+            status["audienceVersion"] = self.audience_version
+        if result:
+            status["lastRun"] = {
+                "job": self.job, "startTime": _stamp(self.started),
+                "completionTime": _stamp(dt.datetime.now(dt.UTC)),
+                "sent": sent_this_run, "result": result}
+        try:
+            await asyncio.to_thread(self._patch, status, final=bool(result))
+        except ApiException as err:  # status is for people; delivery goes on without it
+            log.warning("status not written", extra={"status": err.status, "reason": err.reason})
+
+    def _patch(self, status: dict[str, Any], final: bool) -> None:
+        for _ in range(5):
+            body = self.source.read()
+            current = body.get("status") or {}
+            if current.get("dedupeKey") == self.dedupe_key:
+                seen = current.get("countsVersion") or 0
+                if seen > status["countsVersion"] or (seen == status["countsVersion"]
+                                                      and not final):
+                    return  # what is shown is as new or newer
+            try:
+                self.source.patch_status(status, body["metadata"]["resourceVersion"])
+                return
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+
+    async def every(self, sent: Any) -> None:
+        """Write every EVERY_SECONDS while the run lasts (cancel to end)."""
+        while True:
+            await asyncio.sleep(EVERY_SECONDS)
+            await self.write(sent())

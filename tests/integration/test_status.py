@@ -1,0 +1,88 @@
+"""Counts in the campaign's status, Completed, and reopening when the audience grows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from herald_dev.services import Service
+from tests.conftest import Mailbox, wait_for
+from tests.integration.conftest import Delivery, csv_audience, per_recipient
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def status_of(delivery: Delivery, name: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(delivery.api).get_namespaced_custom_object(
+        "herald.dev", "v1alpha1", delivery.ns, "notificationcampaigns", name)
+    return obj.get("status") or {}
+
+
+def cronjobs_suspended(delivery: Delivery) -> list[bool]:
+    return [cj.spec.suspend for cj in
+            client.BatchV1Api(delivery.api).list_namespaced_cron_job(delivery.ns).items]
+
+
+def test_a_completed_campaign_reopens_for_new_recipients_only(
+    operator: Service, delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": "email,name\nuser2@example.com,Two\n"})
+    delivery.campaign("notice", capture, audience={
+        "inline": [{"email": "user1@example.com"}, {"email": "bad address"}],
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]})
+    code, log = delivery.run("notice")
+    assert code == 0, log
+    status = wait_for(lambda: (s := status_of(delivery, "notice")).get("phase") == "Completed"
+                      and s, timeout=30)
+    assert (status["total"], status["sent"], status["failed"], status["pending"]) == (3, 2, 1, 0)
+    assert status["lastRun"]["result"] == "Done"
+    assert status["lastRun"]["sent"] == 2
+    assert cronjobs_suspended(delivery) == [True]
+
+    client.CoreV1Api(delivery.api).patch_namespaced_config_map("recipients", delivery.ns, {
+        "data": {"recipients.csv": "email,name\nuser2@example.com,Two\nuser3@example.com,3\n"}})
+    wait_for(lambda: status_of(delivery, "notice").get("phase") == "Scheduled", timeout=30)
+    assert cronjobs_suspended(delivery) == [False]
+    code, log = delivery.run("notice")
+    assert code == 0, log
+    wait_for(lambda: status_of(delivery, "notice").get("phase") == "Completed", timeout=30)
+    assert per_recipient(capture) == {"user1@example.com": 1, "user2@example.com": 1,
+                                      "user3@example.com": 1}
+    assert status_of(delivery, "notice")["sent"] == 3
+
+
+def test_counts_never_go_backwards_with_three_writers(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(2000)})
+    delivery.campaign("crowd", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]},
+        smtp={"host": "127.0.0.1", "port": capture.port, "security": "None",
+              "timeoutSeconds": 2, "connections": 2})
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            s = status_of(delivery, "crowd")
+            if "countsVersion" in s:
+                seen.append((s["countsVersion"], s["sent"]))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        workers = [delivery.start("crowd") for _ in range(3)]
+        assert [w.wait(timeout=150) for w in workers] == [0, 0, 0]
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) > 10
+    assert seen == sorted(seen), "a count went backwards"
+    final = status_of(delivery, "crowd")
+    assert (final["sent"], final["pending"], final["total"]) == (2000, 0, 2000)
+    print(f"{len(seen)} readings, {len(set(seen))} distinct, last {seen[-1]}")
