@@ -8,6 +8,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from herald_api import GROUP, VERSION
+from herald_api.kubeclient import post_event
 from herald_api.models import CampaignSpec
 from herald_jobs.audience import AudienceError, AudienceReader, secret_text
 
@@ -32,6 +33,9 @@ class CampaignSource:
             body["metadata"] = {"resourceVersion": resource_version}
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, PLURAL, self.name, body)
+
+    def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        post_event(self.core, body["metadata"], "herald-job", type_, reason, message)
 
     def audience(self, spec: CampaignSpec) -> AudienceReader:
         """The audience's sources, read afresh."""

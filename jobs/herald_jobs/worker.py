@@ -13,7 +13,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from zoneinfo import ZoneInfo
@@ -128,7 +128,9 @@ SHARED_STOPS = ("Suspended", "Halted", "Deleted")
 
 class Run:
     def __init__(self, spec: CampaignSpec, ledger: Ledger, factory: MessageFactory,
-                 credentials: tuple[str | None, str | None], controls: Controls) -> None:
+                 credentials: tuple[str | None, str | None], controls: Controls,
+                 on_unknown: Callable[[str, str], None] = lambda who, why: None) -> None:
+        self.on_unknown = on_unknown  # announces an ambiguous delivery (an Event)
         self.spec = spec
         self.ledger = ledger
         self.factory = factory
@@ -257,6 +259,7 @@ class Run:
             self.state.unknown_in_a_row += 1
             log.warning("ambiguous delivery", extra={"recipient_hash": item.identity_hash,
                                                       "reason": result.reason})
+            await asyncio.to_thread(self.on_unknown, item.identity_hash, result.reason)
             if self.state.unknown_in_a_row >= UNKNOWN_IN_A_ROW:
                 self.state.stop_reason = "RelayUnhealthy"
         elif result.outcome is Outcome.SENT:
@@ -298,9 +301,15 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
             credentials = await asyncio.to_thread(source.credentials, spec)
             writer = StatusWriter(source, ledger, dedupe_key)
             await seed(client, ledger, audience)
+            pending = (await ledger.counts()).get("pending", 0)
+            await asyncio.to_thread(source.event, body, "Normal", "RunStarted",
+                                    f"run started by {writer.job or 'a pod'}; {pending} pending")
             writer.audience_version = audience.version()
             factory = MessageFactory(spec.message, source.namespace, source.name, dedupe_key)
-            run = Run(spec, ledger, factory, credentials, controls)
+            run = Run(spec, ledger, factory, credentials, controls,
+                      on_unknown=lambda who, why: source.event(
+                          body, "Warning", "AmbiguousDelivery",
+                          f"recipient {who}: {why}; recorded as unknown"))
             sent = lambda: run.state.outcomes.get("sent", 0)  # noqa: E731
             updates = asyncio.create_task(writer.every(sent))
             try:
@@ -308,6 +317,13 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
             finally:
                 updates.cancel()
             await writer.write(sent(), result=state.stop_reason or "Done")
+            counts = await ledger.counts()
+            totals = ", ".join(f"{f} {counts.get(f, 0)}" for f in
+                               ("sent", "failed", "unknown", "pending"))
+            await asyncio.to_thread(
+                source.event, body,
+                "Warning" if state.stop_reason == "RelayUnhealthy" else "Normal", "RunFinished",
+                f"{state.stop_reason or 'Done'}: sent {sent()} in this run; now {totals}")
         counts = await ledger.counts()
     finally:
         await asyncio.to_thread(controls.stop)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
 from herald_api import API_VERSION
+from herald_api.kubeclient import post_event
 from herald_api.models import HALT_NAME
 from herald_api.names import LABEL_CAMPAIGN, LABEL_NAMESPACE, MANAGED_BY, fit
 
@@ -107,21 +107,4 @@ class Kube:
             content_type="application/merge-patch+json")
 
     def event(self, campaign: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """An Event on the campaign; losing one is logged, never fatal."""
-        meta = campaign["metadata"]
-        now = dt.datetime.now(dt.UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.",
-                                         namespace=meta["namespace"]),
-            involved_object=client.V1ObjectReference(
-                api_version=API_VERSION, kind="NotificationCampaign", name=meta["name"],
-                namespace=meta["namespace"], uid=meta["uid"]),
-            type=type_, reason=reason, message=message[:1024],
-            first_timestamp=now, last_timestamp=now, count=1,
-            source=client.V1EventSource(component=FIELD_MANAGER),
-            reporting_component=FIELD_MANAGER, reporting_instance=FIELD_MANAGER)
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as err:
-            log.warning("event not posted", extra={"reason": reason, "status": err.status})
-
+        post_event(self.core, campaign["metadata"], FIELD_MANAGER, type_, reason, message)

@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from herald_dev.servers import redis_service
 from herald_dev.services import free_port, start_all, stop_all
@@ -35,6 +36,12 @@ def test_a_stall_after_the_data_is_unknown_and_never_resent(
     assert entry["s"] == "unknown"
     assert "after data" in entry["r"]
     assert delivery.counts("incident", spec)["unknown"] == 1
+    events = client.CoreV1Api(delivery.api).list_namespaced_event(delivery.ns).items
+    by_reason = {e.reason: e.message for e in events}
+    assert by_reason["RunStarted"].endswith("3 pending")
+    assert by_reason["RunFinished"].startswith("Done: sent 2 in this run")
+    assert "unknown" in by_reason["AmbiguousDelivery"]
+    assert not any("@" in e.message for e in events)  # addresses never appear in Events
     # Later runs, as the CronJob would start them, never offer it again.
     for _ in range(2):
         assert delivery.run("incident")[0] == 0
