@@ -74,6 +74,11 @@ class CampaignKeys:
     def stop(self) -> str:
         return f"{self._base}:stop"
 
+    # The token bucket that holds every pod of the campaign to ratePerSecond.
+    @property
+    def rate(self) -> str:
+        return f"{self._base}:rate"
+
     # The fencing-token counter of the whole campaign.
     @property
     def fence(self) -> str:

@@ -261,6 +261,27 @@ return renewed
 """
 
 
+# KEYS: bucket
+# ARGV: rate per second, tokens wanted
+# A token bucket on Redis's clock, shared by every pod of the campaign; it holds 100 ms of
+# tokens at most, so a run starts without a burst. Returns {granted, ms to wait if none}.
+_TAKE_TOKENS = _PRELUDE + """
+local rate, want = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst = math.max(1, math.ceil(rate / 10))
+local now = now_ms()
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local since = now - (tonumber(b[2]) or now)
+tokens = math.min(burst, tokens + since * rate / 1000)
+local granted = math.min(want, math.floor(tokens))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], 60000)
+if granted > 0 then return {granted, 0} end
+return {0, math.ceil((1 - tokens) * 1000 / rate)}
+"""
+
+
 @dataclass(frozen=True)
 class Claimed:
     identity: str
@@ -305,6 +326,7 @@ class Ledger:
         self._mark = client.register_script(_MARK)
         self._record = client.register_script(_RECORD)
         self._record_then_mark = client.register_script(_RECORD_THEN_MARK)
+        self._take_tokens = client.register_script(_TAKE_TOKENS)
         self._renew = client.register_script(_RENEW)
 
     async def seed(self, audience_version: str,
@@ -372,6 +394,11 @@ class Ledger:
         k = self.keys
         return int(await self._renew(keys=[k.leases, k.holders],
                                      args=[token, self.policy.lease_ms, *identities]))
+
+    async def take_tokens(self, rate: int, want: int) -> tuple[int, int]:
+        """(tokens granted, ms to wait before asking again when none was)."""
+        granted, wait = await self._take_tokens(keys=[self.keys.rate], args=[rate, want])
+        return int(granted), int(wait)
 
     async def announce_stop(self, reason: str) -> None:
         """Tell every pod's mark to refuse: this campaign is suspended or halted."""

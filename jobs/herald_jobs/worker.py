@@ -177,8 +177,23 @@ class Run:
             log.error("ledger unavailable; session ends", extra={"error": str(err)})
             self.state.stop_reason = "LedgerUnavailable"
 
+    async def _rate_token(self, tokens: list[int]) -> bool:
+        """Wait for a token of the campaign's rate (a few are taken at a time); False when
+        the run stops while waiting."""
+        rate = self.spec.delivery.rate_per_second
+        while not tokens[0]:
+            if await self.stopping():
+                return False
+            granted, wait_ms = await self.ledger.take_tokens(rate, max(1, min(5, rate // 20)))
+            tokens[0] = granted
+            if not granted:
+                await asyncio.sleep(wait_ms / 1000)
+        tokens[0] -= 1
+        return True
+
     async def _claim_and_send(self, session: Session) -> None:
         relay_failures = 0
+        tokens = [0]  # this session's unused rate tokens
         while not await self.stopping():
             batch = await self.ledger.claim(CLAIM_BATCH)
             if not batch:
@@ -191,7 +206,8 @@ class Run:
             carry: Record | None = None  # recorded together with the next mark
             try:
                 for i, item in enumerate(batch):
-                    if await self.stopping() or relay_failures >= RELAY_FAILURES_IN_A_ROW:
+                    if (relay_failures >= RELAY_FAILURES_IN_A_ROW
+                            or not await self._rate_token(tokens) or await self.stopping()):
                         for rest in batch[i:]:
                             await self.ledger.record(Record(rest, "release", "run stopped",
                                                             delay_ms=0))
