@@ -47,12 +47,17 @@ def normalize(raw: str) -> tuple[str, str]:
     local, at, domain = text.rpartition("@")
     if not at or not local or not domain:
         return text, "not an email address"
-    if not _LOCAL_PART.match(local):
+    if not _LOCAL_PART.fullmatch(local):
         return text, "local part is not a plain ASCII dot-atom"
+    if len(local) > 64:
+        return text, "local part is longer than 64 characters"
     try:
-        ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+        # UTS 46 maps full-width dots too, so strip a trailing dot after it as well.
+        ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii").rstrip(".")
     except (idna.IDNAError, UnicodeError) as err:
         return text, f"domain is not valid: {err}"
+    if not ascii_domain:
+        return text, "domain is empty"
     return f"{local}@{ascii_domain}", ""
 
 
@@ -62,12 +67,19 @@ def recipient(raw_email: str, variables: dict[str, str]) -> Recipient:
 
 
 def _csv_rows(source: Source) -> Iterator[Recipient]:
-    reader = csv.DictReader(io.StringIO(source.data))
-    if not reader.fieldnames or "email" not in reader.fieldnames:
-        raise AudienceError(f"{source.field}: CSV has no 'email' column in its header row")
-    for row in reader:
-        email = row.pop("email") or ""
-        yield recipient(email, {k: v or "" for k, v in row.items() if k is not None})
+    reader = csv.DictReader(io.StringIO(source.data.removeprefix("\ufeff")))
+    try:
+        header = reader.fieldnames or []
+        if "email" not in header:
+            raise AudienceError(f"{source.field}: CSV has no 'email' column in its header row "
+                                f"(found: {', '.join(map(repr, header[:10])) or 'nothing'})")
+        if len(set(header)) != len(header):
+            raise AudienceError(f"{source.field}: CSV header names a column twice")
+        for row in reader:
+            email = row.pop("email") or ""
+            yield recipient(email, {k: v or "" for k, v in row.items() if k is not None})
+    except csv.Error as err:
+        raise AudienceError(f"{source.field}: CSV line {reader.line_num}: {err}") from err
 
 
 def _jsonl_rows(source: Source) -> Iterator[Recipient]:
@@ -78,6 +90,8 @@ def _jsonl_rows(source: Source) -> Iterator[Recipient]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise AudienceError(f"{source.field}: line {number} is not JSON: {err.msg}") from err
+        except RecursionError as err:
+            raise AudienceError(f"{source.field}: line {number} is nested too deeply") from err
         if not isinstance(row, dict) or not isinstance(row.get("email"), str):
             raise AudienceError(f"{source.field}: line {number} has no 'email' string")
         email = row.pop("email")
@@ -92,9 +106,12 @@ def rows(source: Source, key: str) -> Iterator[Recipient]:
     return _jsonl_rows(source) if is_json else _csv_rows(source)
 
 
-def secret_text(value: str) -> str:
+def secret_text(value: str, field: str) -> str:
     """A Secret's data value (base64) as text."""
-    return base64.b64decode(value).decode("utf-8")
+    try:
+        return base64.b64decode(value).decode("utf-8")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise AudienceError(f"{field}: the Secret's value is not UTF-8 text: {err}") from err
 
 
 class AudienceReader:

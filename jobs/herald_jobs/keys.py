@@ -74,6 +74,12 @@ class CampaignKeys:
     def stop(self) -> str:
         return f"{self._base}:stop"
 
+    # The dedupe key in force: fixed at the first send, kept with the ledger, so a deleted
+    # and re-applied campaign (whose status is gone) still finds it.
+    @property
+    def key_in_force(self) -> str:
+        return f"{self._base}:dedupe-key"
+
     # The token bucket that holds every pod of the campaign to ratePerSecond.
     @property
     def rate(self) -> str:

@@ -46,7 +46,7 @@ class CampaignSource:
         for i, ref in enumerate(spec.audience.secrets):
             data = self._data("Secret", f"spec.audience.secrets[{i}]", ref.name)
             value = self._key(data, f"spec.audience.secrets[{i}]", ref.name, ref.key)
-            secrets.append(secret_text(value))
+            secrets.append(secret_text(value, f"spec.audience.secrets[{i}]"))
         return AudienceReader(spec.audience, maps, secrets)
 
     def credentials(self, spec: CampaignSpec) -> tuple[str | None, str | None]:
@@ -54,10 +54,9 @@ class CampaignSource:
         if ref is None:
             return None, None
         data = self._data("Secret", "spec.smtp.credentialsSecretRef", ref.name)
-        return (secret_text(self._key(data, "spec.smtp.credentialsSecretRef", ref.name,
-                                      "username")),
-                secret_text(self._key(data, "spec.smtp.credentialsSecretRef", ref.name,
-                                      "password")))
+        field = "spec.smtp.credentialsSecretRef"
+        return (secret_text(self._key(data, field, ref.name, "username"), field),
+                secret_text(self._key(data, field, ref.name, "password"), field))
 
     def _data(self, kind: str, field: str, name: str) -> dict[str, str]:
         try:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,11 +100,40 @@ for i = 2, #ARGV, 3 do
       end
     elseif e.s == 'pending' then
       redis.call('HSET', KEYS[2], id, payload)  -- not sent yet: the newest variables count
+    elseif e.s == 'withdrawn' and invalid == '' then  -- back in the audience
+      redis.call('HSET', KEYS[2], id, payload)
+      e.s = 'pending'
+      e.u = now
+      put_entry(KEYS[1], id, e)
+      redis.call('ZADD', KEYS[3], now, id)
+      move(KEYS[4], 'withdrawn', 'pending')
+      added = added + 1
     end
   end
 end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+redis.call('EXPIRE', KEYS[5], 86400)  -- only needed while seeding
 return added
+"""
+
+# KEYS: ledger, queue, counts, seen
+# ARGV: identities
+# After a new audience version is seeded: each still-pending recipient it no longer has
+# is withdrawn (its pending mark, if any pod is about to make one, will be refused).
+_WITHDRAW = _PRELUDE + """
+local n = 0
+for _, id in ipairs(ARGV) do
+  local e = get_entry(KEYS[1], id)
+  if e and e.s == 'pending' and redis.call('SISMEMBER', KEYS[4], id) == 0 then
+    e.s = 'withdrawn'
+    e.u = now_ms()
+    put_entry(KEYS[1], id, e)
+    redis.call('ZREM', KEYS[2], id)
+    move(KEYS[3], 'pending', 'withdrawn')
+    n = n + 1
+  end
+end
+return n
 """
 
 # KEYS: queue, leases, holders, fence, ledger, recipients, counts
@@ -327,6 +356,7 @@ class Ledger:
         self._record = client.register_script(_RECORD)
         self._record_then_mark = client.register_script(_RECORD_THEN_MARK)
         self._take_tokens = client.register_script(_TAKE_TOKENS)
+        self._withdraw = client.register_script(_WITHDRAW)
         self._renew = client.register_script(_RENEW)
 
     async def seed(self, audience_version: str,
@@ -342,6 +372,15 @@ class Ledger:
             keys=[k.ledger, k.recipients, k.queue, k.counts, k.seen(audience_version)],
             args=argv)
         return int(added)
+
+    async def withdraw_absent(self, audience_version: str) -> int:
+        """Withdraw the pending recipients the just-seeded audience no longer has."""
+        k = self.keys
+        withdrawn = 0
+        async for batch in _pending_batches(self.redis, k.ledger):
+            withdrawn += int(await self._withdraw(
+                keys=[k.ledger, k.queue, k.counts, k.seen(audience_version)], args=batch))
+        return withdrawn
 
     async def claim(self, how_many: int) -> list[Claimed]:
         k, p = self.keys, self.policy
@@ -426,6 +465,18 @@ class Ledger:
         """When the earliest queued recipient is due (Redis clock ms), if any."""
         first = await self.redis.zrange(self.keys.queue, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
+
+
+async def _pending_batches(client: aioredis.Redis, ledger: str) -> AsyncIterator[list[str]]:
+    batch: list[str] = []
+    async for identity, raw in client.hscan_iter(ledger, count=500):
+        if b'"s":"pending"' in raw:
+            batch.append(_text(identity))
+            if len(batch) == 500:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _text(value: Any) -> str:

@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import os
 import sys
+from zoneinfo import ZoneInfoNotFoundError
 
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from herald_api.kubeclient import api_client
 from herald_jobs import logs
@@ -39,12 +43,25 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     logs.configure()
-    source = CampaignSource(api_client(), args.namespace, args.campaign)
     try:
+        source = CampaignSource(api_client(), args.namespace, args.campaign)
         return asyncio.run(run_job(source, args.redis_url, args.accept_unverified_redis))
     except NotDurable as err:
-        print(f"herald job: refusing to send: {err}", file=sys.stderr)
-        return 3
+        return _fail(3, f"refusing to send: {err}")
     except (AudienceError, ValidationError) as err:
-        print(f"herald job: {err}", file=sys.stderr)
-        return 4
+        return _fail(4, str(err))
+    except ZoneInfoNotFoundError as err:
+        return _fail(4, f"spec.timeZone: unknown time zone: {err}")
+    except ConfigException as err:
+        return _fail(5, f"no Kubernetes configuration (in-cluster, or KUBECONFIG): {err}")
+    except ApiException as err:
+        if err.status == 404:
+            return _fail(4, f"campaign {args.namespace}/{args.campaign} not found")
+        return _fail(5, f"Kubernetes API: {err.status} {err.reason}")
+    except (RedisError, ValueError) as err:
+        return _fail(5, f"ledger Redis at {args.redis_url!r}: {err}")
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"herald job: {message}", file=sys.stderr)
+    return code

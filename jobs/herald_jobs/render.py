@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from email.header import Header
 from email.headerregistry import Address
 
+import idna
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -36,21 +37,32 @@ def one_line(value: str) -> str:
 
 
 def header_value(value: str) -> str:
-    """One line, encoded as RFC 2047 when it is not plain ASCII."""
+    """One logical line, RFC 2047-encoded (and so folded into short lines) unless it is
+    short plain ASCII; SMTP servers refuse lines over 998 characters."""
     flat = one_line(value).strip()
-    if flat.isascii():
+    if flat.isascii() and len(flat) <= 900:
         return flat
-    return Header(flat, "utf-8").encode(maxlinelen=998)
+    return Header(flat, "utf-8").encode(linesep="\r\n", maxlinelen=76)
 
 
 def address_header(value: str) -> str:
     """A From/Reply-To/To value with its display name encoded when needed."""
     name, addr = email.utils.parseaddr(one_line(value))
-    if not addr:
-        raise RenderError(f"not an address: {value!r}")
+    addr = ascii_address(addr)
     if not name:
         return addr
     return email.utils.formataddr((name, addr), charset="utf-8")
+
+
+def ascii_address(addr: str) -> str:
+    """The address with its domain IDNA-encoded (what SMTP and headers can carry)."""
+    local, _, domain = addr.rpartition("@")
+    if not local or not domain:
+        raise RenderError(f"not an address: {addr!r}")
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except (idna.IDNAError, UnicodeError) as err:
+        raise RenderError(f"not an address: {addr!r}: {err}") from err
 
 
 def message_id(namespace: str, name: str, dedupe_key: str, identity: str, domain: str) -> str:
@@ -80,7 +92,7 @@ class MessageFactory:
         self.html = html_env.from_string(message.html) if message.html is not None else None
         self.vars = dict(message.vars)
         self.namespace, self.name, self.dedupe_key = namespace, name, dedupe_key
-        sender = email.utils.parseaddr(message.from_)[1]
+        sender = ascii_address(email.utils.parseaddr(message.from_)[1])
         self.envelope_from = sender
         self.domain = sender.rpartition("@")[2] or "herald.invalid"
         fixed = [f"From: {address_header(message.from_)}"]
@@ -100,6 +112,9 @@ class MessageFactory:
             html = self.html.render(context) if self.html else None
         except TemplateError as err:
             raise RenderError(f"template: {err.message or err}") from err
+        except (ArithmeticError, LookupError, TypeError, ValueError, AssertionError,
+                RecursionError, MemoryError) as err:  # a template's own runtime error
+            raise RenderError(f"template: {type(err).__name__}: {err}") from err
         to = str(Address(addr_spec=address))
         mid = message_id(self.namespace, self.name, self.dedupe_key, identity, self.domain)
         head = (f"To: {to}\r\nSubject: {header_value(subject)}\r\nMessage-ID: {mid}\r\n"

@@ -38,6 +38,7 @@ SEED_BATCH = 500  # recipients per seeding script call
 UNKNOWN_IN_A_ROW = 3  # ambiguous outcomes in a row that make the relay unhealthy
 RELAY_FAILURES_IN_A_ROW = 5  # failed connections in a row that end a session
 SEED_LOCK_MS = 120_000
+RENDER_SECONDS = 5.0
 
 # What the contract requires of the ledger's Redis, and the setting that names each.
 DURABILITY = {
@@ -99,15 +100,22 @@ async def seed(client: aioredis.Redis, ledger: Ledger, audience: AudienceReader)
     try:
         if await current(keys.seeded) == version:
             return False
+        # The whole audience must be readable before any of it is written: a source that
+        # fails on its last line must not leave its first lines queued.
+        for _ in audience:
+            pass
         added = 0
+        await client.delete(keys.seen(version))  # left by a seeding that died midway
         rows = ((r.identity, {"address": r.address, "vars": r.vars} if not r.invalid else None,
                  r.invalid) for r in audience)
         for batch in chunks(iter(rows), SEED_BATCH):
             added += await ledger.seed(version, batch)
             await client.pexpire(keys.seed_lock, SEED_LOCK_MS)
+        withdrawn = await ledger.withdraw_absent(version)
         await client.set(keys.seeded, version)
         await client.delete(keys.seen(version))
-        log.info("audience seeded", extra={"audience_version": version, "new_pending": added})
+        log.info("audience seeded", extra={"audience_version": version, "new_pending": added,
+                                           "withdrawn": withdrawn})
         return True
     finally:
         if await current(keys.seed_lock) == token:
@@ -118,6 +126,7 @@ async def seed(client: aioredis.Redis, ledger: Ledger, audience: AudienceReader)
 class RunState:
     stop_reason: str = ""
     unknown_in_a_row: int = 0
+    relay_gave_up: int = 0  # sessions that ended because the relay kept failing
     held: dict[str, list[str]] = field(default_factory=dict)  # token → identities
     outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -155,6 +164,8 @@ class Run:
         renew = asyncio.create_task(self._renew_leases())
         try:
             await asyncio.gather(*(self._session_loop(s) for s in sessions))
+            if not self.state.stop_reason and self.state.relay_gave_up == len(sessions):
+                self.state.stop_reason = "RelayUnavailable"
         finally:
             renew.cancel()
             for s in sessions:
@@ -225,6 +236,7 @@ class Run:
                 del self.state.held[token]
             if relay_failures >= RELAY_FAILURES_IN_A_ROW:
                 log.warning("relay unavailable; session ends", extra={"failures": relay_failures})
+                self.state.relay_gave_up += 1
                 return
 
     async def _send_one(self, session: Session, item: Claimed, carry: Record | None
@@ -236,13 +248,18 @@ class Run:
         """
         address = str(item.payload.get("address", ""))
         try:
-            rendered = self.factory.render(item.identity, address,
-                                           dict(item.payload.get("vars") or {}))
-        except RenderError as err:
+            # In a thread, with a deadline: a runaway template must not stall the run's
+            # event loop, which watches for stops and renews leases.
+            rendered = await asyncio.wait_for(asyncio.to_thread(
+                self.factory.render, item.identity, address,
+                dict(item.payload.get("vars") or {})), RENDER_SECONDS)
+        except (RenderError, TimeoutError) as err:
             if carry is not None:
                 await self.ledger.record(carry)
             self._count(Outcome.FAILED)
-            return Outcome.FAILED, Record(item, "failed", str(err))
+            reason = str(err) if isinstance(err, RenderError) else (
+                f"template: took longer than {RENDER_SECONDS:.0f} s")
+            return Outcome.FAILED, Record(item, "failed", reason)
         marked = False
 
         async def mark() -> bool:
@@ -288,27 +305,56 @@ class Run:
         self.state.outcomes[outcome.value] = self.state.outcomes.get(outcome.value, 0) + 1
 
 
+async def choose_dedupe_key(client: aioredis.Redis, namespace: str, name: str,
+                            spec: CampaignSpec) -> tuple[str, bool]:
+    """(the key in force, whether spec.message changed since it was fixed).
+
+    spec.delivery.dedupeKey wins when set. Unset, the key is the one fixed at the first send
+    (a hash of spec.message then); a message that hashes otherwise now is a content change,
+    which pauses delivery until the person sets spec.delivery.dedupeKey.
+    """
+    where = CampaignKeys(namespace, name, "").key_in_force
+    if spec.delivery.dedupe_key:
+        await client.set(where, spec.delivery.dedupe_key)
+        return spec.delivery.dedupe_key, False
+    content = content_key(spec.message)
+    stored = await client.get(where)
+    if stored is None:
+        await client.set(where, content, nx=True)
+        stored = await client.get(where)  # a peer may have fixed it first
+    key = stored.decode() if isinstance(stored, bytes) else str(stored)
+    return key, key != content
+
+
 async def run_job(source: CampaignSource, redis_url: str, accept_unverified: bool) -> int:
     started = time.monotonic()
     body = await asyncio.to_thread(source.read)
     spec = CampaignSpec.model_validate(body.get("spec") or {})
-    status = body.get("status") or {}
-    dedupe_key = spec.delivery.dedupe_key or status.get("dedupeKey") or content_key(spec.message)
+    dedupe_key = ""
     controls = Controls(source.api, source.namespace, source.name,
                         body["metadata"]["generation"], spec.windows, ZoneInfo(spec.time_zone))
-    controls.start()
+    client = aioredis.Redis.from_url(redis_url)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: setattr(controls, "signalled", "Terminated"))
-    client = aioredis.Redis.from_url(redis_url)
     state, counts = RunState(), {}
     try:
+        controls.start()  # stopped in `finally`: no thread outlives the run
         await check_durable(client, accept_unverified)
+        dedupe_key, content_changed = await choose_dedupe_key(
+            client, source.namespace, source.name, spec)
         d = spec.delivery
         policy = Policy(d.guarantee, d.max_attempts, d.backoff_seconds * 1000,
                         d.lease_seconds * 1000)
         ledger = Ledger(client, CampaignKeys(source.namespace, source.name, dedupe_key), policy)
         await asyncio.to_thread(controls.wait_confirmed)
-        reason = controls.reason()
+        reason = controls.reason() or ("ContentChanged" if content_changed else "")
+        if content_changed:
+            await asyncio.to_thread(source.patch_status, {"dedupeKey": dedupe_key})
+            await asyncio.to_thread(
+                source.event, body, "Warning", "ContentChanged",
+                f"spec.message changed since the first send under dedupe key {dedupe_key}; "
+                f"nothing is sent until spec.delivery.dedupeKey is set: to {dedupe_key} to go "
+                "on without resending, or to a new value for a new round to everybody")
         if reason:
             state.stop_reason = reason  # nothing to do now: not even seeding
         else:

@@ -9,11 +9,13 @@ older CRD). A unit test holds the two to the same cases.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import re
 from typing import Annotated, Any, Literal
 
+import jinja2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -30,8 +32,9 @@ HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 # Headers Herald writes itself, or that would change who receives the message.
 RESERVED_HEADERS = (
     "to", "cc", "bcc", "from", "sender", "reply-to", "subject", "message-id", "date",
-    "mime-version",
+    "mime-version", "return-path",
 )
+RESERVED_PREFIXES = ("content-", "resent-")
 
 
 def cel(*rules: tuple[str, str, str | None]) -> dict[str, Any]:
@@ -129,9 +132,10 @@ class Message(ApiModel):
             ("self.all(k, k.matches('" + HEADER_NAME.replace("'", "\\'") + "'))",
              "header names must be header tokens", None),
             ("self.all(k, !(k.lowerAscii() in " + str(list(RESERVED_HEADERS)) + ") && "
-             "!k.lowerAscii().startsWith('content-'))",
-             "To, Cc, Bcc, From, Sender, Reply-To, Subject, Message-ID, Date, MIME-Version "
-             "and Content-* headers are set by Herald and refused here", None),
+             "!k.lowerAscii().startsWith('content-') && !k.lowerAscii().startsWith('resent-'))",
+             "To, Cc, Bcc, From, Sender, Reply-To, Subject, Message-ID, Date, MIME-Version, "
+             "Return-Path, Content-* and Resent-* headers are set by Herald and refused here",
+             None),
         ))]
     vars: dict[str, str] = Field(default_factory=dict, description="Template variables.")
 
@@ -141,6 +145,26 @@ class Message(ApiModel):
             raise ValueError("one of text or html is required")
         return self
 
+    @field_validator("from_", "reply_to")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            found = email.utils.getaddresses([value])
+            if len(found) != 1 or "@" not in found[0][1] or found[0][1].startswith("@"):
+                raise ValueError(f"must be exactly one address, as in "
+                                 f"'Name <user@example.com>': {value!r}")
+        return value
+
+    @field_validator("subject", "text", "html")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                jinja2.Environment().parse(value)
+            except jinja2.TemplateSyntaxError as err:
+                raise ValueError(f"template syntax, line {err.lineno}: {err.message}") from err
+        return value
+
     @field_validator("headers")
     @classmethod
     def _allowed_headers(cls, headers: dict[str, str]) -> dict[str, str]:
@@ -148,7 +172,7 @@ class Message(ApiModel):
             if not re.match(HEADER_NAME, name):
                 raise ValueError(f"header name {name!r} is not a header token")
             lowered = name.lower()
-            if lowered in RESERVED_HEADERS or lowered.startswith("content-"):
+            if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIXES):
                 raise ValueError(f"header {name!r} is set by Herald and refused here")
         return headers
 

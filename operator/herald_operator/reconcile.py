@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from kubernetes.dynamic.exceptions import ForbiddenError
 from pydantic import ValidationError
 
 from herald_api.models import CampaignSpec, audience_version, content_key
@@ -87,6 +88,7 @@ class Facts:
     halt_reason: str
     problem: str | None
     suspended: bool
+    content_changed: str  # the dedupe key in force, when spec.message no longer matches it
     completed: bool
     running: bool
     window_open: bool
@@ -98,7 +100,7 @@ def phase_of(f: Facts) -> str:
         return "Halted"
     if f.problem:
         return "Invalid"
-    if f.suspended:
+    if f.suspended or f.content_changed:
         return "Suspended"
     if f.completed:
         return "Completed"
@@ -130,6 +132,11 @@ def conditions_of(f: Facts, old: list[dict[str, Any]], generation: int,
              f.problem or ""),
         make("Halted", f.halted, "ClusterHalt" if f.halted else "NotHalted",
              f.halt_reason if f.halted else ""),
+        make("ContentChanged", bool(f.content_changed),
+             "MessageEdited" if f.content_changed else "AsFirstSent",
+             f"spec.message changed since the first send; set spec.delivery.dedupeKey to "
+             f"{f.content_changed} to go on without resending, or to a new value for a new "
+             f"round to everybody" if f.content_changed else ""),
     ]
 
 
@@ -147,6 +154,10 @@ def events_of(old: dict[str, Any], new: dict[str, Any], generation: int
     if new["phase"] == "Completed" and old.get("phase") != "Completed":
         events.append(("Normal", "Completed", "every recipient has a final state; "
                                               "CronJobs suspended until the audience changes"))
+    if is_true(new_conditions, "ContentChanged") and not is_true(old_conditions,
+                                                                 "ContentChanged"):
+        changed = next(c for c in new_conditions if c["type"] == "ContentChanged")
+        events.append(("Warning", "ContentChanged", changed["message"]))
     for type_, on, off in (("Suspended", "Suspended", "Resumed"),
                            ("Halted", "Halted", "HaltLifted")):
         before, after = is_true(old_conditions, type_), is_true(new_conditions, type_)
@@ -180,9 +191,14 @@ def reconcile(kube: Kube, namespace: str, name: str, settings: JobSettings,
         lock = _locks.setdefault((namespace, name), threading.Lock())
     with lock:
         body = kube.campaign(namespace, name)
-        if body is None:
+        if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        return _reconcile(kube, body, settings, now or dt.datetime.now(dt.UTC))
+        try:
+            return _reconcile(kube, body, settings, now or dt.datetime.now(dt.UTC))
+        except ForbiddenError as err:
+            if "NamespaceTerminating" in str(err):
+                return None  # its namespace is going away, and the campaign with it
+            raise
 
 
 def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
@@ -195,6 +211,9 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
 
     spec, problem = spec_problem(body.get("spec") or {})
     completed = False
+    in_force = old_status.get("dedupeKey") or ""
+    content_changed = bool(spec and not spec.delivery.dedupe_key and in_force
+                           and content_key(spec.message) != in_force)
     if spec and not problem:
         problem, texts = read_sources(kube, namespace, spec)
         # Completed until the audience changes: then the CronJobs run again and the new
@@ -206,7 +225,8 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
         campaign = Campaign(namespace, name, meta["uid"], spec)
         for obj in job_access(campaign):
             kube.apply(obj)
-        desired = cronjobs(campaign, settings, suspend=spec.suspend or halted or completed)
+        desired = cronjobs(campaign, settings,
+                           suspend=spec.suspend or halted or completed or content_changed)
         for obj in desired:
             kube.apply(obj)
     wanted = {obj["metadata"]["name"] for obj in desired}
@@ -224,6 +244,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
         halt_reason=str(halt.get("reason") or "DeliveryHalt 'cluster' is halted"),
         problem=problem,
         suspended=bool(spec and spec.suspend),
+        content_changed=in_force if content_changed else "",
         completed=completed,
         running=running,
         window_open=bool(spec and zone and is_open(spec.windows, zone, now)),

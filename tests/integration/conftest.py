@@ -34,7 +34,8 @@ class Delivery:
                         "text": "Hello {{ name | default('there') }}"},
             "smtp": {"host": "127.0.0.1", "port": box.port, "security": "None",
                      "timeoutSeconds": 2, "connections": 2},
-            "delivery": {"leaseSeconds": 4, "backoffSeconds": 1},
+            # As fast as the test servers take it, unless a test is about the rate.
+            "delivery": {"leaseSeconds": 4, "backoffSeconds": 1, "ratePerSecond": 10000},
         }
         body.update(spec)
         self.cp.kubectl("apply", "-n", self.ns, "-f", "-", input_=json.dumps({
@@ -57,9 +58,9 @@ class Delivery:
 
     def start(self, name: str, redis_url: str | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        kubeconfig = self.tmp / f"job-{name}.kubeconfig"
-        if not kubeconfig.exists():
-            self.cp.service_account_kubeconfig(self.ns, f"herald-job-{name}", kubeconfig)
+        # A fresh token each time: a deleted and re-applied campaign has a new ServiceAccount.
+        kubeconfig = self.cp.service_account_kubeconfig(
+            self.ns, f"herald-job-{name}", self.tmp / f"job-{name}.kubeconfig")
         log = self.tmp / f"job-{name}-{len(self.logs)}.log"
         self.logs.append(log)
         return subprocess.Popen(

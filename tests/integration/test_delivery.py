@@ -276,3 +276,38 @@ def test_at_least_once_resends_an_unknown_with_one_message_id_up_to_max_attempts
     assert len({c["message_id"] for c in copies}) == 1
     entry = delivery.ledger("again-and-again", spec)[drop]
     assert (entry["s"], entry["a"]) == ("unknown", 3)
+
+
+def test_a_recipient_removed_before_being_sent_is_withdrawn(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": "email\nstay@example.com\n"
+                                                        "removed@example.com\n"})
+    audience = {"configMaps": [{"name": "recipients", "key": "recipients.csv"}]}
+    spec = delivery.campaign("shrinking", capture, audience=audience, smtp={
+        "host": "127.0.0.1", "port": free_port(), "security": "None",  # nobody listens
+        "timeoutSeconds": 1, "connections": 1})
+    code, log = delivery.run("shrinking")
+    assert code == 0 and '"result": "RelayUnavailable"' in log, log
+    client.CoreV1Api(delivery.api).patch_namespaced_config_map("recipients", delivery.ns, {
+        "data": {"recipients.csv": "email\nstay@example.com\n"}})
+    delivery.campaign("shrinking", capture, audience=audience)  # the relay is back
+    assert delivery.run("shrinking")[0] == 0
+    assert per_recipient(capture) == {"stay@example.com": 1}
+    assert delivery.ledger("shrinking", spec)["removed@example.com"]["s"] == "withdrawn"
+    counts = delivery.counts("shrinking", spec)
+    assert (counts["sent"], counts["withdrawn"], counts["pending"]) == (1, 1, 0)
+
+
+def test_an_audience_that_fails_to_read_queues_nothing(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    lines = "".join(f'{{"email": "user{i}@example.com"}}\n' for i in range(600))
+    delivery.configmap("recipients", {"list.jsonl": lines + "not json\n"})
+    spec = delivery.campaign("broken", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "list.jsonl"}]})
+    code, log = delivery.run("broken")
+    assert code == 4
+    assert "spec.audience.configMaps[0]: line 601 is not JSON" in log
+    assert delivery.ledger("broken", spec) == {}
+    assert capture.journal() == []

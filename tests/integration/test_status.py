@@ -86,3 +86,41 @@ def test_counts_never_go_backwards_with_three_writers(
     final = status_of(delivery, "crowd")
     assert (final["sent"], final["pending"], final["total"]) == (2000, 0, 2000)
     print(f"{len(seen)} readings, {len(set(seen))} distinct, last {seen[-1]}")
+
+
+def test_a_message_edit_pauses_delivery_until_the_person_chooses_a_key(
+    operator: Service, delivery: Delivery, capture: Mailbox
+) -> None:
+    audience = {"inline": [{"email": "user1@example.com"}, {"email": "user2@example.com"}]}
+    delivery.campaign("edited", capture, audience=audience)
+    assert delivery.run("edited")[0] == 0
+    first_key = wait_for(lambda: status_of(delivery, "edited").get("dedupeKey"), timeout=30)
+    edited = {"from": "Notices <no-reply@example.com>", "subject": "Notice (typo fixed)",
+              "text": "Hello"}
+
+    # A typo fix, then delete and re-apply: the status is gone, the ledger is not.
+    delivery.campaign("edited", capture, audience=audience, message=edited)
+    delivery.cp.kubectl("delete", "nc", "edited", "-n", delivery.ns)
+    delivery.campaign("edited", capture, audience=audience, message=edited)
+    code, log = delivery.run("edited")
+    assert code == 0 and '"result": "ContentChanged"' in log, log
+    changed = wait_for(lambda: next((c for c in status_of(delivery, "edited").get(
+        "conditions", []) if c["type"] == "ContentChanged" and c["status"] == "True"), None),
+        timeout=30)
+    assert first_key in changed["message"]
+    assert status_of(delivery, "edited")["phase"] == "Suspended"
+    assert cronjobs_suspended(delivery) == [True]
+
+    # Go on without resending: the old key.
+    delivery.campaign("edited", capture, audience=audience, message=edited,
+                      delivery={"dedupeKey": first_key, "leaseSeconds": 4, "backoffSeconds": 1})
+    wait_for(lambda: status_of(delivery, "edited").get("phase") == "Scheduled", timeout=30)
+    assert delivery.run("edited")[0] == 0
+    assert per_recipient(capture) == {"user1@example.com": 1, "user2@example.com": 1}
+    wait_for(lambda: status_of(delivery, "edited").get("phase") == "Completed", timeout=30)
+
+    # A new round to everybody: a new key.
+    delivery.campaign("edited", capture, audience=audience, message=edited,
+                      delivery={"dedupeKey": "round-2", "leaseSeconds": 4, "backoffSeconds": 1})
+    assert delivery.run("edited")[0] == 0
+    assert per_recipient(capture) == {"user1@example.com": 2, "user2@example.com": 2}

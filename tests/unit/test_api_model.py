@@ -98,6 +98,12 @@ def test_crd_defaults_agree_with_the_model() -> None:
     ({"delivery__parallelism": 51}, "parallelism"),
     ({"delivery__lease_seconds": 59}, "leaseSeconds must be at least"),
     ({"unknown_field": 1}, "unknown_field"),
+    ({"message__headers": {"Resent-Bcc": "x@example.com"}}, "set by Herald"),
+    ({"message__headers": {"Return-Path": "x@example.com"}}, "set by Herald"),
+    ({"message__text": "Hello {{ name "}, "template syntax"),
+    ({"message__from": "<>"}, "exactly one address"),
+    ({"message__from": "a@example.com, evil@example.org"}, "exactly one address"),
+    ({"message__reply_to": "not an address"}, "exactly one address"),
 ])
 def test_bad_specs_are_refused_naming_the_field(changes: dict[str, Any], complaint: str) -> None:
     with pytest.raises(ValidationError) as err:

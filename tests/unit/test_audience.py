@@ -18,6 +18,9 @@ from herald_jobs.audience import AudienceError, AudienceReader, Source, normaliz
     ("a..b@example.com", "a..b@example.com", "local part is not a plain ASCII dot-atom"),
     ("a b@example.com", "a b@example.com", "local part is not a plain ASCII dot-atom"),
     ("user@exa mple.com", "user@exa mple.com", "domain is not valid"),
+    ("zed@example.com\u3002", "zed@example.com", ""),  # a full-width trailing dot
+    ("victim\n@example.com", "victim\n@example.com", "local part is not a plain ASCII"),
+    ("x" * 65 + "@example.com", "x" * 65 + "@example.com", "local part is longer than 64"),
 ])
 def test_normalize(raw: str, address: str, reason: str) -> None:
     got_address, got_reason = normalize(raw)
@@ -39,7 +42,16 @@ def test_jsonl_keys_become_variables() -> None:
         "user1@example.com", "User1@example.com", {"name": "Ann", "n": "3"})
 
 
+def test_a_byte_order_mark_does_not_hide_the_email_column() -> None:
+    [r] = list(rows(Source("f", "\ufeffemail\nuser1@example.com\n"), "r.csv"))
+    assert r.identity == "user1@example.com"
+
+
 @pytest.mark.parametrize(("data", "key", "complaint"), [
+    ("email,email\na@example.com,b@example.com\n", "r.csv",
+     "spec.audience.configMaps[0]: CSV header names a column twice"),
+    ("email\n" + "x" * 200_000 + "\n", "r.csv", "spec.audience.configMaps[0]: CSV line"),
+    ("[" * 100_000 + "\n", "r.jsonl", "spec.audience.configMaps[0]: line 1 is"),
     ("mail,name\nx@example.com,X\n", "r.csv", "spec.audience.configMaps[0]: CSV has no 'email'"),
     ('{"email": "a@example.com"}\nnot json\n', "r.jsonl",
      "spec.audience.configMaps[0]: line 2 is not JSON"),

@@ -76,6 +76,32 @@ def test_html_variables_are_escaped_and_both_parts_are_sent() -> None:
     assert text.get_content().strip() == "Hello <script>x</script>"
 
 
+@pytest.mark.parametrize("template", [
+    "{{ 1 / 0 }}", "{{ range(200000) | length }}", "{{ '%d' % 'a' }}", "{{ 'x' | wordwrap(0) }}",
+    "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+])
+def test_a_template_failing_at_run_time_is_a_render_error(template: str) -> None:
+    with pytest.raises(RenderError):
+        factory(text=template).render("a@example.com", "a@example.com", {})
+
+
+def test_long_header_values_are_folded_into_short_lines() -> None:
+    rendered = factory(subject="{{ long }}", headers={"X-Note": "n" * 998}).render(
+        "a@example.com", "a@example.com", {"long": "word " * 300})
+    head = rendered.data.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    msg = parse(rendered.data)
+    assert msg["X-Note"] == "n" * 998
+    assert msg["Subject"] == ("word " * 300).strip()
+
+
+def test_a_non_ascii_sender_domain_is_idna_encoded() -> None:
+    rendered = factory(**{"from": "Notices <no-reply@exämple.com>"}).render(
+        "a@example.com", "a@example.com", {})
+    assert rendered.envelope_from == "no-reply@xn--exmple-cua.com"
+    assert rendered.data.isascii()
+
+
 def test_an_undefined_variable_is_a_render_error() -> None:
     with pytest.raises(RenderError, match="'missing' is undefined"):
         factory(text="{{ missing }}").render("a@example.com", "a@example.com", {})
