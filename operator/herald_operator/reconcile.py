@@ -89,6 +89,7 @@ class Facts:
     problem: str | None
     suspended: bool
     content_changed: str  # the dedupe key in force, when spec.message no longer matches it
+    relay_unhealthy: bool  # the last run stopped after ambiguous deliveries in a row
     completed: bool
     running: bool
     window_open: bool
@@ -132,6 +133,10 @@ def conditions_of(f: Facts, old: list[dict[str, Any]], generation: int,
              f.problem or ""),
         make("Halted", f.halted, "ClusterHalt" if f.halted else "NotHalted",
              f.halt_reason if f.halted else ""),
+        make("Degraded", f.relay_unhealthy,
+             "RelayUnhealthy" if f.relay_unhealthy else "Healthy",
+             "the last run stopped after several ambiguous deliveries in a row; the rest is "
+             "pending for the next run" if f.relay_unhealthy else ""),
         make("ContentChanged", bool(f.content_changed),
              "MessageEdited" if f.content_changed else "AsFirstSent",
              f"spec.message changed since the first send; set spec.delivery.dedupeKey to "
@@ -245,6 +250,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
         problem=problem,
         suspended=bool(spec and spec.suspend),
         content_changed=in_force if content_changed else "",
+        relay_unhealthy=(old_status.get("lastRun") or {}).get("result") == "RelayUnhealthy",
         completed=completed,
         running=running,
         window_open=bool(spec and zone and is_open(spec.windows, zone, now)),

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from herald_dev.servers import redis_service
-from herald_dev.services import free_port, start_all, stop_all
+from herald_dev.services import Service, free_port, start_all, stop_all
 from tests.conftest import SMTP_PASSWORD, SMTP_USER, Mailbox, wait_for
 from tests.integration.conftest import Delivery, csv_audience, per_recipient
 
@@ -243,7 +243,7 @@ def test_starttls_and_auth_with_credentials_from_the_secret(
 
 
 def test_ambiguous_outcomes_in_a_row_stop_the_run_and_leave_the_rest_pending(
-    delivery: Delivery, fault_smtp: Mailbox
+    operator: Service, delivery: Delivery, fault_smtp: Mailbox
 ) -> None:
     stalls = [f"stall-after-data-{i}@example.com" for i in range(3)]
     spec = delivery.campaign("unhealthy", fault_smtp, audience={"inline": [
@@ -258,6 +258,13 @@ def test_ambiguous_outcomes_in_a_row_stop_the_run_and_leave_the_rest_pending(
     assert per_recipient(fault_smtp) == {}
     counts = delivery.counts("unhealthy", spec)
     assert (counts["unknown"], counts["pending"], counts.get("sent", 0)) == (3, 5, 0)
+
+    def degraded() -> dict | None:
+        obj = client.CustomObjectsApi(delivery.api).get_namespaced_custom_object(
+            "herald.dev", "v1alpha1", delivery.ns, "notificationcampaigns", "unhealthy")
+        return next((c for c in obj.get("status", {}).get("conditions", [])
+                     if c["type"] == "Degraded" and c["status"] == "True"), None)
+    assert wait_for(degraded, timeout=30)["reason"] == "RelayUnhealthy"
 
 
 def test_at_least_once_resends_an_unknown_with_one_message_id_up_to_max_attempts(
