@@ -48,7 +48,6 @@ import redis.asyncio as aioredis
 
 from herald_jobs.keys import RETENTION_SECONDS, CampaignKeys
 
-TERMINAL = ("sent", "failed", "unknown", "withdrawn")
 COUNT_FIELDS = ("total", "pending", "sent", "failed", "unknown", "withdrawn",
                 "duplicatesInAudience", "duplicatesPrevented")
 
@@ -460,11 +459,6 @@ class Ledger:
         k = self.keys
         queued, leased = await self.redis.zcard(k.queue), await self.redis.zcard(k.leases)
         return bool(queued or leased)
-
-    async def next_due_ms(self) -> int | None:
-        """When the earliest queued recipient is due (Redis clock ms), if any."""
-        first = await self.redis.zrange(self.keys.queue, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
 
 
 async def _pending_batches(client: aioredis.Redis, ledger: str) -> AsyncIterator[list[str]]:
