@@ -85,6 +85,12 @@ class CampaignKeys:
     def rate(self) -> str:
         return f"{self._base}:rate"
 
+    # The ledger's identity and handover counter (hash: id, handovers), recorded in the
+    # campaign's status too: a ledger that is gone, another one, or an older one is a loss.
+    @property
+    def identity(self) -> str:
+        return f"{self._base}:identity"
+
     # The fencing-token counter of the whole campaign.
     @property
     def fence(self) -> str:

@@ -180,11 +180,12 @@ end
 return out
 """
 
-# The send path's two steps, as functions over the same seven KEYS:
-# ledger, leases, holders, queue, counts, recipients, stop.
+# The send path's two steps, as functions over the same eight KEYS:
+# ledger, leases, holders, queue, counts, recipients, stop, identity.
 #
-# mark(identity, token): the fenced mark, pending → handing, only under the caller's
-# unexpired lease and while no pod has seen a stop (suspend, halt).
+# mark(identity, token, ledger id): the fenced mark, pending → handing, only under the
+# caller's unexpired lease, while no pod has seen a stop (suspend, halt) and while the
+# ledger is still the one the run checked (see herald_jobs.loss); counts the handover.
 # Returns {'ok', attempts} | {'lost'} | {'stopped', reason} | {'done', state}.
 #
 # record(identity, token, outcome, reason, guarantee, max attempts, requeue delay ms,
@@ -192,9 +193,10 @@ return out
 # caller holds. A late `sent` for a recipient another pod already declared unknown (same
 # token) still counts: it is the truth. Returns the new state, or 'stale'.
 _SEND_PATH = _PRELUDE + """
-local function mark(id, token)
+local function mark(id, token, ledger_id)
   local stop = redis.call('GET', KEYS[7])
   if stop then return {'stopped', stop} end
+  if redis.call('HGET', KEYS[8], 'id') ~= ledger_id then return {'stopped', 'LedgerLost'} end
   if redis.call('HGET', KEYS[3], id) ~= token then return {'lost'} end
   local expiry = redis.call('ZSCORE', KEYS[2], id)
   if not expiry or tonumber(expiry) <= now_ms() then return {'lost'} end
@@ -210,6 +212,7 @@ local function mark(id, token)
   e.t = token
   e.u = now_ms()
   put_entry(KEYS[1], id, e)
+  redis.call('HINCRBY', KEYS[8], 'handovers', 1)
   return {'ok', e.a}
 end
 
@@ -259,17 +262,17 @@ local function record(id, token, outcome, reason, guarantee, max_attempts, delay
   put_entry(KEYS[1], id, e)
   if e.s ~= 'pending' then move(KEYS[5], 'pending', e.s) end
   if e.s == 'sent' then
-    for _, i in ipairs({1, 4, 5, 6}) do redis.call('EXPIRE', KEYS[i], retention) end
+    for _, i in ipairs({1, 4, 5, 6, 8}) do redis.call('EXPIRE', KEYS[i], retention) end
   end
   return e.s
 end
 """
-_MARK = _SEND_PATH + "return mark(ARGV[1], ARGV[2])"
+_MARK = _SEND_PATH + "return mark(ARGV[1], ARGV[2], ARGV[3])"
 _RECORD = _SEND_PATH + "return record(unpack(ARGV, 1, 9))"
 # The previous message's outcome and the next message's mark in one round trip.
 _RECORD_THEN_MARK = _SEND_PATH + """
 local state = record(unpack(ARGV, 1, 9))
-local marked = mark(ARGV[10], ARGV[11])
+local marked = mark(ARGV[10], ARGV[11], ARGV[12])
 return {state, marked}
 """
 
@@ -345,10 +348,12 @@ class Policy:
 class Ledger:
     """The scripts above, bound to one round's keys."""
 
-    def __init__(self, client: aioredis.Redis, keys: CampaignKeys, policy: Policy) -> None:
+    def __init__(self, client: aioredis.Redis, keys: CampaignKeys, policy: Policy,
+                 ledger_id: str) -> None:
         self.redis = client
         self.keys = keys
         self.policy = policy
+        self.ledger_id = ledger_id  # as checked at the run's start (herald_jobs.loss)
         self._seed = client.register_script(_SEED)
         self._claim = client.register_script(_CLAIM)
         self._mark = client.register_script(_MARK)
@@ -399,7 +404,8 @@ class Ledger:
     @property
     def _send_keys(self) -> list[str]:
         k = self.keys
-        return [k.ledger, k.leases, k.holders, k.queue, k.counts, k.recipients, k.stop]
+        return [k.ledger, k.leases, k.holders, k.queue, k.counts, k.recipients, k.stop,
+                k.identity]
 
     def _record_args(self, done: Record) -> list[Any]:
         p = self.policy
@@ -408,19 +414,23 @@ class Ledger:
                 p.guarantee, p.max_attempts, delay, int(done.uses_attempt), RETENTION_SECONDS]
 
     async def mark(self, item: Claimed, previous: Record | None = None
-                   ) -> tuple[str, str | None]:
-        """The fenced mark: ('ok' | 'lost' | 'stopped' | 'done', previous outcome's state).
+                   ) -> tuple[str, str, str | None]:
+        """The fenced mark: ('ok' | 'lost' | 'stopped' | 'done', its detail: the attempt,
+        the stop's reason or the state found; the previous outcome's state).
 
         With `previous`, that outcome is recorded first in the same script call, so the
         send path costs one Redis round trip per message.
         """
+        state = None
         if previous is None:
-            out = await self._mark(keys=self._send_keys, args=[item.identity, item.token])
-            return _text(out[0]), None
-        state, out = await self._record_then_mark(
-            keys=self._send_keys,
-            args=[*self._record_args(previous), item.identity, item.token])
-        return _text(out[0]), _text(state)
+            out = await self._mark(keys=self._send_keys,
+                                   args=[item.identity, item.token, self.ledger_id])
+        else:
+            state, out = await self._record_then_mark(
+                keys=self._send_keys,
+                args=[*self._record_args(previous), item.identity, item.token, self.ledger_id])
+        detail = _text(out[1]) if len(out) > 1 else ""
+        return _text(out[0]), detail, None if state is None else _text(state)
 
     async def record(self, done: Record) -> str:
         """Record an outcome on its own (the last of a batch, or one with no mark after it)."""
@@ -449,6 +459,19 @@ class Ledger:
     async def counts(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.counts)
         return {_text(key): int(value) for key, value in raw.items()}
+
+    async def still_ours(self) -> bool:
+        """Whether the ledger is still the one the run checked (herald_jobs.loss)."""
+        return _text(await self.redis.hget(self.keys.identity, "id")) == self.ledger_id
+
+    async def counts_and_identity(self) -> tuple[dict[str, int], dict[str, str]]:
+        """The counts and the ledger's identity as of one moment."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.counts)
+            pipe.hgetall(self.keys.identity)
+            counts, identity = await pipe.execute()
+        return ({_text(k): int(v) for k, v in counts.items()},
+                {_text(k): _text(v) for k, v in identity.items()})
 
     async def entry(self, identity: str) -> dict[str, Any] | None:
         raw = await self.redis.hget(self.keys.ledger, identity)

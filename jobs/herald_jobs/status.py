@@ -3,7 +3,8 @@
 Counts come from the ledger's counts hash, whose `version` grows with every change. A
 write carries that version and the resourceVersion it read (a conflict means someone wrote
 in between: read again); a status that already shows a newer version is left alone. So
-however many pods write, a reader never sees a count go backwards.
+however many pods write, a reader never sees a count go backwards. The same write records
+the ledger's identity and handover counter (status.ledger), which herald_jobs.loss checks.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ log = logging.getLogger("herald.job")
 EVERY_SECONDS = 2.0
 
 
-def _stamp(moment: dt.datetime) -> str:
+def stamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -37,34 +38,50 @@ class StatusWriter:
         self.audience_version: str | None = None
 
     async def write(self, sent_this_run: int, result: str = "") -> None:
-        """Write the ledger's counts (and, with a result, this run's lastRun)."""
-        counts = await self.ledger.counts()
-        status: dict[str, Any] = {f: counts.get(f, 0) for f in COUNT_FIELDS}
-        status["countsVersion"] = counts.get("version", 0)
-        status["dedupeKey"] = self.dedupe_key
-        if self.audience_version:
-            status["audienceVersion"] = self.audience_version
+        """Write the ledger's counts and its record (status.ledger), and, with a result,
+        this run's lastRun. Counts of a ledger that is no longer the run's are not written."""
+        counts, identity = await self.ledger.counts_and_identity()
+        status: dict[str, Any] = {}
+        if identity.get("id") == self.ledger.ledger_id:
+            status = {f: counts.get(f, 0) for f in COUNT_FIELDS}
+            status["countsVersion"] = counts.get("version", 0)
+            status["dedupeKey"] = self.dedupe_key
+            status["ledger"] = {"id": identity["id"],
+                                "handovers": int(identity.get("handovers", 0))}
+            if self.audience_version:
+                status["audienceVersion"] = self.audience_version
         if result:
             status["lastRun"] = {
-                "job": self.job, "startTime": _stamp(self.started),
-                "completionTime": _stamp(dt.datetime.now(dt.UTC)),
+                "job": self.job, "startTime": stamp(self.started),
+                "completionTime": stamp(dt.datetime.now(dt.UTC)),
                 "sent": sent_this_run, "result": result}
+        if not status:
+            return
         try:
             await asyncio.to_thread(self._patch, status, final=bool(result))
         except ApiException as err:  # status is for people; delivery goes on without it
             log.warning("status not written", extra={"status": err.status, "reason": err.reason})
 
+    def _shows_newer(self, current: dict[str, Any], version: int, final: bool) -> bool:
+        """Whether status shows counts as new as `version` or newer, or another ledger's."""
+        if (current.get("ledger") or {}).get("id") not in (None, self.ledger.ledger_id):
+            return True
+        if current.get("dedupeKey") != self.dedupe_key:
+            return False
+        seen = current.get("countsVersion") or 0
+        return seen > version or (seen == version and not final)
+
     def _patch(self, status: dict[str, Any], final: bool) -> None:
         for _ in range(5):
             body = self.source.read()
-            current = body.get("status") or {}
-            if current.get("dedupeKey") == self.dedupe_key:
-                seen = current.get("countsVersion") or 0
-                if seen > status["countsVersion"] or (seen == status["countsVersion"]
-                                                      and not final):
-                    return  # what is shown is as new or newer
+            mine = status
+            if "countsVersion" in status and self._shows_newer(
+                    body.get("status") or {}, status["countsVersion"], final):
+                mine = {k: v for k, v in status.items() if k == "lastRun"}
+            if not mine:
+                return
             try:
-                self.source.patch_status(status, body["metadata"]["resourceVersion"])
+                self.source.patch_status(mine, body["metadata"]["resourceVersion"])
                 return
             except ApiException as err:
                 if err.status != 409:

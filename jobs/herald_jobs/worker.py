@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import secrets
@@ -16,20 +17,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from herald_api.models import CampaignSpec, content_key
+from herald_api.names import acknowledge_loss_command
 from herald_jobs.audience import AudienceReader
 from herald_jobs.controls import Controls
 from herald_jobs.keys import CampaignKeys
 from herald_jobs.kube import CampaignSource
 from herald_jobs.ledger import Claimed, Ledger, Policy, Record
+from herald_jobs.loss import LedgerCheck, check_ledger
 from herald_jobs.mailer import Outcome, Session
 from herald_jobs.render import MessageFactory, RenderError
-from herald_jobs.status import StatusWriter
+from herald_jobs.status import StatusWriter, stamp
 
 log = logging.getLogger("herald.job")
 
@@ -268,7 +272,7 @@ class Run:
                 return False
             previous, carry = carry, None
             try:
-                status, _ = await self.ledger.mark(item, previous)
+                status, detail, _ = await self.ledger.mark(item, previous)
             except RedisError as err:
                 # Unconfirmed is not marked: the data is not sent. If the mark did land,
                 # a takeover later records the recipient as unknown, never as sendable.
@@ -276,6 +280,8 @@ class Run:
                                                      "error": str(err)})
                 return False
             marked = status == "ok"
+            if status == "stopped" and not self.state.stop_reason:
+                self.state.stop_reason = detail  # seen first by another pod, or LedgerLost
             return marked
 
         result = await session.send(rendered.envelope_from, address, rendered.data, mark)
@@ -306,11 +312,12 @@ class Run:
 
 
 async def choose_dedupe_key(client: aioredis.Redis, namespace: str, name: str,
-                            spec: CampaignSpec) -> tuple[str, bool]:
+                            spec: CampaignSpec, shown: str = "") -> tuple[str, bool]:
     """(the key in force, whether spec.message changed since it was fixed).
 
     spec.delivery.dedupeKey wins when set. Unset, the key is the one fixed at the first send
-    (a hash of spec.message then); a message that hashes otherwise now is a content change,
+    (a hash of spec.message then), kept in Redis, or else the one status shows (`shown`: a
+    ledger adopted after a loss); a message that hashes otherwise now is a content change,
     which pauses delivery until the person sets spec.delivery.dedupeKey.
     """
     where = CampaignKeys(namespace, name, "").key_in_force
@@ -320,73 +327,71 @@ async def choose_dedupe_key(client: aioredis.Redis, namespace: str, name: str,
     content = content_key(spec.message)
     stored = await client.get(where)
     if stored is None:
-        await client.set(where, content, nx=True)
+        await client.set(where, shown or content, nx=True)
         stored = await client.get(where)  # a peer may have fixed it first
     key = stored.decode() if isinstance(stored, bytes) else str(stored)
     return key, key != content
+
+
+async def settle_ledger(client: aioredis.Redis, source: CampaignSource,
+                        body: dict[str, Any]) -> LedgerCheck:
+    """Check the ledger against the campaign's record (herald_jobs.loss) and say so in
+    status and Events; the record is in status before anything is sent."""
+    check = await check_ledger(client, CampaignKeys(source.namespace, source.name, ""), body)
+    status = body.get("status") or {}
+    if check.result == "lost":
+        command = acknowledge_loss_command(source.namespace, source.name, check.recorded["id"])
+        if (status.get("ledgerLoss") or {}).get("expected") != check.recorded:
+            await asyncio.to_thread(source.patch_status, {"ledgerLoss": {
+                "reason": check.reason(), "detectedAt": stamp(dt.datetime.now(dt.UTC)),
+                "expected": check.recorded, "found": check.record if check.id else None}})
+        await asyncio.to_thread(
+            source.event, body, "Warning", "LedgerLost",
+            f"{check.reason()}. Nothing is sent: recipients the lost ledger knew could get the "
+            f"message again. Restore the ledger, or accept that risk with: {command}")
+    elif check.result == "adopted":
+        # Counts start again with the adopted ledger: what the lost one counted is gone.
+        await asyncio.to_thread(source.patch_status, {
+            "ledger": check.record, "ledgerLoss": None, "countsVersion": 0})
+        await asyncio.to_thread(
+            source.event, body, "Warning", "LedgerLossAcknowledged",
+            f"delivery goes on with the ledger found, now ledger {check.id} with "
+            f"{check.handovers} handovers; recipients it does not know as sent may get the "
+            "message again")
+    elif status.get("ledger") is None or status.get("ledgerLoss"):
+        await asyncio.to_thread(source.patch_status, {"ledger": check.record, "ledgerLoss": None})
+    return check
 
 
 async def run_job(source: CampaignSource, redis_url: str, accept_unverified: bool) -> int:
     started = time.monotonic()
     body = await asyncio.to_thread(source.read)
     spec = CampaignSpec.model_validate(body.get("spec") or {})
-    dedupe_key = ""
     controls = Controls(source.api, source.namespace, source.name,
                         body["metadata"]["generation"], spec.windows, ZoneInfo(spec.time_zone))
     client = aioredis.Redis.from_url(redis_url)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: setattr(controls, "signalled", "Terminated"))
-    state, counts = RunState(), {}
+    state, counts, dedupe_key = RunState(), {}, ""
     try:
         controls.start()  # stopped in `finally`: no thread outlives the run
         await check_durable(client, accept_unverified)
-        dedupe_key, content_changed = await choose_dedupe_key(
-            client, source.namespace, source.name, spec)
-        d = spec.delivery
-        policy = Policy(d.guarantee, d.max_attempts, d.backoff_seconds * 1000,
-                        d.lease_seconds * 1000)
-        ledger = Ledger(client, CampaignKeys(source.namespace, source.name, dedupe_key), policy)
-        await asyncio.to_thread(controls.wait_confirmed)
-        reason = controls.reason() or ("ContentChanged" if content_changed else "")
-        if content_changed:
-            await asyncio.to_thread(source.patch_status, {"dedupeKey": dedupe_key})
-            await asyncio.to_thread(
-                source.event, body, "Warning", "ContentChanged",
-                f"spec.message changed since the first send under dedupe key {dedupe_key}; "
-                f"nothing is sent until spec.delivery.dedupeKey is set: to {dedupe_key} to go "
-                "on without resending, or to a new value for a new round to everybody")
-        if reason:
-            state.stop_reason = reason  # nothing to do now: not even seeding
+        check = await settle_ledger(client, source, body)
+        if check.result == "lost":
+            state.stop_reason = "LedgerLost"  # nothing is written to a ledger that is not ours
         else:
-            await ledger.clear_stop()
-            audience = await asyncio.to_thread(source.audience, spec)
-            credentials = await asyncio.to_thread(source.credentials, spec)
-            writer = StatusWriter(source, ledger, dedupe_key)
-            await seed(client, ledger, audience)
-            pending = (await ledger.counts()).get("pending", 0)
-            await asyncio.to_thread(source.event, body, "Normal", "RunStarted",
-                                    f"run started by {writer.job or 'a pod'}; {pending} pending")
-            writer.audience_version = audience.version()
-            factory = MessageFactory(spec.message, source.namespace, source.name, dedupe_key)
-            run = Run(spec, ledger, factory, credentials, controls,
-                      on_unknown=lambda who, why: source.event(
-                          body, "Warning", "AmbiguousDelivery",
-                          f"recipient {who}: {why}; recorded as unknown"))
-            sent = lambda: run.state.outcomes.get("sent", 0)  # noqa: E731
-            updates = asyncio.create_task(writer.every(sent))
-            try:
-                state = await run.deliver()
-            finally:
-                updates.cancel()
-            await writer.write(sent(), result=state.stop_reason or "Done")
+            dedupe_key, content_changed = await choose_dedupe_key(
+                client, source.namespace, source.name, spec,
+                (body.get("status") or {}).get("dedupeKey") or "")
+            d = spec.delivery
+            policy = Policy(d.guarantee, d.max_attempts, d.backoff_seconds * 1000,
+                            d.lease_seconds * 1000)
+            ledger = Ledger(client, CampaignKeys(source.namespace, source.name, dedupe_key),
+                            policy, check.id)
+            state = await _deliver(source, body, spec, client, ledger, controls, content_changed)
             counts = await ledger.counts()
-            totals = ", ".join(f"{f} {counts.get(f, 0)}" for f in
-                               ("sent", "failed", "unknown", "pending"))
-            await asyncio.to_thread(
-                source.event, body,
-                "Warning" if state.stop_reason == "RelayUnhealthy" else "Normal", "RunFinished",
-                f"{state.stop_reason or 'Done'}: sent {sent()} in this run; now {totals}")
-        counts = await ledger.counts()
+            if state.stop_reason == "LedgerLost":  # it went while this run was sending
+                await settle_ledger(client, source, await asyncio.to_thread(source.read))
     finally:
         await asyncio.to_thread(controls.stop)
         loop.remove_signal_handler(signal.SIGTERM)
@@ -398,3 +403,53 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
         "seconds": round(time.monotonic() - started, 3), "pod": os.environ.get(
             "HERALD_POD_NAME", "")})
     return 0
+
+
+async def _deliver(source: CampaignSource, body: dict[str, Any], spec: CampaignSpec,
+                   client: aioredis.Redis, ledger: Ledger, controls: Controls,
+                   content_changed: bool) -> RunState:
+    """Once the run may send: seed the audience, send, and report in status and Events."""
+    state = RunState()
+    dedupe_key = ledger.keys.dedupe_key
+    await asyncio.to_thread(controls.wait_confirmed)
+    reason = controls.reason() or ("ContentChanged" if content_changed else "")
+    if content_changed:
+        await asyncio.to_thread(source.patch_status, {"dedupeKey": dedupe_key})
+        await asyncio.to_thread(
+            source.event, body, "Warning", "ContentChanged",
+            f"spec.message changed since the first send under dedupe key {dedupe_key}; "
+            f"nothing is sent until spec.delivery.dedupeKey is set: to {dedupe_key} to go "
+            "on without resending, or to a new value for a new round to everybody")
+    if reason:
+        state.stop_reason = reason  # nothing to do now: not even seeding
+        return state
+    await ledger.clear_stop()
+    audience = await asyncio.to_thread(source.audience, spec)
+    credentials = await asyncio.to_thread(source.credentials, spec)
+    writer = StatusWriter(source, ledger, dedupe_key)
+    await seed(client, ledger, audience)
+    pending = (await ledger.counts()).get("pending", 0)
+    await asyncio.to_thread(source.event, body, "Normal", "RunStarted",
+                            f"run started by {writer.job or 'a pod'}; {pending} pending")
+    writer.audience_version = audience.version()
+    factory = MessageFactory(spec.message, source.namespace, source.name, dedupe_key)
+    run = Run(spec, ledger, factory, credentials, controls,
+              on_unknown=lambda who, why: source.event(
+                  body, "Warning", "AmbiguousDelivery",
+                  f"recipient {who}: {why}; recorded as unknown"))
+    sent = lambda: run.state.outcomes.get("sent", 0)  # noqa: E731
+    updates = asyncio.create_task(writer.every(sent))
+    try:
+        state = await run.deliver()
+    finally:
+        updates.cancel()
+    if not await ledger.still_ours():  # gone while the run was between batches, too
+        state.stop_reason = "LedgerLost"
+    await writer.write(sent(), result=state.stop_reason or "Done")
+    counts = await ledger.counts()
+    totals = ", ".join(f"{f} {counts.get(f, 0)}" for f in ("sent", "failed", "unknown", "pending"))
+    await asyncio.to_thread(
+        source.event, body,
+        "Warning" if state.stop_reason == "RelayUnhealthy" else "Normal", "RunFinished",
+        f"{state.stop_reason or 'Done'}: sent {sent()} in this run; now {totals}")
+    return state

@@ -5,6 +5,7 @@ A unit test fails when the files in manifests/crds differ from what this generat
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,10 @@ FILES = {
 
 
 def main(argv: list[str]) -> int:
-    out = Path(argv[0]) if argv else Path("manifests/crds")
+    parser = argparse.ArgumentParser(prog="python -m herald_api.crd",
+                                     description="Write the CRDs generated from the models.")
+    parser.add_argument("out", nargs="?", type=Path, default=Path("manifests/crds"))
+    out = parser.parse_args(argv).out
     out.mkdir(parents=True, exist_ok=True)
     for name, make in FILES.items():
         (out / name).write_text(render(make()))

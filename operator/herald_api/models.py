@@ -249,6 +249,18 @@ class LastRun(ApiModel):
     result: str = ""
 
 
+class LedgerRecord(ApiModel):
+    id: str = Field(description="The ledger's identity, made when it was created.")
+    handovers: int = Field(ge=0, description="Messages handed to SMTP under this ledger.")
+
+
+class LedgerLoss(ApiModel):
+    reason: str
+    detected_at: str
+    expected: LedgerRecord = Field(description="The ledger this campaign last wrote to.")
+    found: LedgerRecord | None = Field(default=None, description="The ledger Redis has now.")
+
+
 class CampaignStatus(ApiModel):
     model_config = ConfigDict(frozen=False)
 
@@ -268,6 +280,11 @@ class CampaignStatus(ApiModel):
                                   "replace newer counts with older ones.")
     audience_version: str | None = Field(
         default=None, description="Digest of the audience last added to the ledger.")
+    ledger: LedgerRecord | None = Field(
+        default=None, description="The ledger this campaign writes to, as last seen.")
+    ledger_loss: LedgerLoss | None = Field(
+        default=None, description="Set when the ledger is gone or older than `ledger`: "
+                                  "nothing is sent until a person acknowledges it.")
     cron_jobs: list[str] = Field(default_factory=list)
     next_window_start: str | None = None
     last_run: LastRun | None = None

@@ -38,3 +38,10 @@ def campaign_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 @kopf.on.event(GROUP, VERSION, "deliveryhalts")
 def halt_changed(memo: kopf.Memo, **_: Any) -> None:
     reconcile_all(memo.kube, memo.settings)
+
+
+@kopf.on.event(GROUP, VERSION, "notificationcampaigns",
+               when=lambda status, **_: bool(status.get("ledgerLoss")))
+def ledger_loss_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    # A job recorded a loss, or a person acknowledged one: show it (and halt) at once.
+    reconcile(memo.kube, str(namespace), name, memo.settings)

@@ -18,7 +18,7 @@ from kubernetes.dynamic.exceptions import ForbiddenError
 from pydantic import ValidationError
 
 from herald_api.models import CampaignSpec, audience_version, content_key
-from herald_api.names import CAMPAIGN_ANNOTATION
+from herald_api.names import CAMPAIGN_ANNOTATION, LEDGER_LOSS_ACK, acknowledge_loss_command
 from herald_api.windows import is_open, next_window_start
 from herald_operator import metrics
 from herald_operator.builders import Campaign, JobSettings, cronjobs, job_access
@@ -80,12 +80,26 @@ def is_completed(spec: CampaignSpec, status: dict[str, Any], audience: str) -> b
             and (status.get("total") or 0) > 0 and status.get("pending") == 0)
 
 
+def ledger_loss_message(body: dict[str, Any]) -> str:
+    """What a job found (status.ledgerLoss) and how to acknowledge it; "" once it is."""
+    loss = (body.get("status") or {}).get("ledgerLoss") or {}
+    lost_id = (loss.get("expected") or {}).get("id")
+    if not lost_id:
+        return ""
+    meta = body["metadata"]
+    if (meta.get("annotations") or {}).get(LEDGER_LOSS_ACK) == lost_id:
+        return ""
+    return (f"{loss.get('reason')}; nothing is sent until acknowledged: "
+            f"{acknowledge_loss_command(meta['namespace'], meta['name'], lost_id)}")
+
+
 @dataclass(frozen=True)
 class Facts:
     """What a pass found out, from which status is derived."""
 
-    halted: bool
+    halted: bool  # by the cluster halt
     halt_reason: str
+    ledger_lost: str  # the unacknowledged loss's message (herald_jobs.loss)
     problem: str | None
     suspended: bool
     content_changed: str  # the dedupe key in force, when spec.message no longer matches it
@@ -97,7 +111,7 @@ class Facts:
 
 
 def phase_of(f: Facts) -> str:
-    if f.halted:
+    if f.halted or f.ledger_lost:
         return "Halted"
     if f.problem:
         return "Invalid"
@@ -117,6 +131,8 @@ def conditions_of(f: Facts, old: list[dict[str, Any]], generation: int,
 
     if f.problem:
         ready = (False, "InvalidSpec", "see the Invalid condition")
+    elif f.ledger_lost:
+        ready = (False, "LedgerLost", "CronJobs suspended: the ledger was lost")
     elif f.halted:
         ready = (False, "ClusterHalt", "CronJobs suspended by the cluster halt")
     elif not f.cron_jobs:
@@ -131,8 +147,10 @@ def conditions_of(f: Facts, old: list[dict[str, Any]], generation: int,
              "InsideWindow" if f.window_open else "OutsideWindow", ""),
         make("Invalid", bool(f.problem), "InvalidSpec" if f.problem else "Valid",
              f.problem or ""),
-        make("Halted", f.halted, "ClusterHalt" if f.halted else "NotHalted",
-             f.halt_reason if f.halted else ""),
+        # LedgerLost first: lifting the cluster halt does not lift it.
+        make("Halted", f.halted or bool(f.ledger_lost),
+             "LedgerLost" if f.ledger_lost else "ClusterHalt" if f.halted else "NotHalted",
+             f.ledger_lost or (f.halt_reason if f.halted else "")),
         make("Degraded", f.relay_unhealthy,
              "RelayUnhealthy" if f.relay_unhealthy else "Healthy",
              "the last run stopped after several ambiguous deliveries in a row; the rest is "
@@ -213,6 +231,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
     old_status = body.get("status") or {}
     halt = kube.halt() or {}
     halted = bool(halt.get("halted"))
+    ledger_lost = ledger_loss_message(body)
 
     spec, problem = spec_problem(body.get("spec") or {})
     completed = False
@@ -231,7 +250,8 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
         for obj in job_access(campaign):
             kube.apply(obj)
         desired = cronjobs(campaign, settings,
-                           suspend=spec.suspend or halted or completed or content_changed)
+                           suspend=spec.suspend or halted or bool(ledger_lost) or completed
+                           or content_changed)
         for obj in desired:
             kube.apply(obj)
     wanted = {obj["metadata"]["name"] for obj in desired}
@@ -247,6 +267,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
     facts = Facts(
         halted=halted,
         halt_reason=str(halt.get("reason") or "DeliveryHalt 'cluster' is halted"),
+        ledger_lost=ledger_lost,
         problem=problem,
         suspended=bool(spec and spec.suspend),
         content_changed=in_force if content_changed else "",

@@ -17,14 +17,18 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     c = aioredis.Redis.from_url(redis_url)
+    await c.hset(KEYS.identity, mapping={"id": "L1", "handovers": 0})
     yield c
     await c.aclose()
 
 
+KEYS = CampaignKeys("ns", "notice", "k1")
+
+
 def make(client: aioredis.Redis, guarantee: str = "AtMostOnce", lease_ms: int = 60_000,
          max_attempts: int = 3) -> Ledger:
-    return Ledger(client, CampaignKeys("ns", "notice", "k1"),
-                  Policy(guarantee, max_attempts, backoff_ms=0, lease_ms=lease_ms))
+    return Ledger(client, KEYS, Policy(guarantee, max_attempts, backoff_ms=0, lease_ms=lease_ms),
+                  ledger_id="L1")
 
 
 async def seeded(ledger: Ledger, *ids: str) -> None:
@@ -50,7 +54,7 @@ async def test_a_mark_is_refused_once_the_lease_has_expired(client: aioredis.Red
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
     await asyncio.sleep(0.4)
-    assert await ledger.mark(item) == ("lost", None)
+    assert await ledger.mark(item) == ("lost", "", None)
     assert (await ledger.entry("a"))["s"] == "pending"
 
 
@@ -155,6 +159,22 @@ async def test_the_previous_outcome_and_the_next_mark_share_one_call(
     await seeded(ledger, "a", "b")
     first, second = await ledger.claim(10)
     assert (await ledger.mark(first))[0] == "ok"
-    assert await ledger.mark(second, Record(first, "sent")) == ("ok", "sent")
+    assert await ledger.mark(second, Record(first, "sent")) == ("ok", "1", "sent")
     assert (await ledger.entry("a"))["s"] == "sent"
     assert (await ledger.entry("b"))["s"] == "handing"
+
+
+async def test_marks_count_handovers_and_stop_when_the_ledger_is_not_the_checked_one(
+    client: aioredis.Redis
+) -> None:
+    ledger = make(client)
+    await seeded(ledger, "a", "b", "c")
+    a, b, c = await ledger.claim(10)
+    assert (await ledger.mark(a))[0] == "ok"
+    assert (await ledger.mark(b, Record(a, "sent")))[0] == "ok"
+    assert await client.hget(KEYS.identity, "handovers") == b"2"
+    await client.hset(KEYS.identity, "id", "another")  # e.g. a loss acknowledged meanwhile
+    assert await ledger.mark(c) == ("stopped", "LedgerLost", None)
+    await client.delete(KEYS.identity)  # Redis lost it
+    assert (await ledger.mark(c))[:2] == ("stopped", "LedgerLost")
+    assert (await ledger.entry("c"))["s"] == "pending"

@@ -1,0 +1,134 @@
+"""Ledger loss is an incident, not a resend: a ledger that is gone, another one or an older
+one halts the campaign (LedgerLost) until a person acknowledges it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+from kubernetes import client
+
+from herald_api.names import LEDGER_LOSS_ACK
+from herald_dev.services import Service
+from herald_jobs.keys import CampaignKeys
+from tests.conftest import Mailbox, wait_for
+from tests.integration.conftest import Delivery, csv_audience, per_recipient
+from tests.integration.test_status import cronjobs_suspended, status_of
+
+pytestmark = pytest.mark.timeout(180)
+FIVE = [{"email": f"user{i}@example.com"} for i in range(5)]
+
+
+def halted_condition(delivery: Delivery, name: str) -> dict[str, Any]:
+    conditions = status_of(delivery, name).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Halted"), {})
+
+
+def events(delivery: Delivery, reason: str) -> list[str]:
+    return [e.message for e in client.CoreV1Api(delivery.api).list_namespaced_event(
+        delivery.ns).items if e.reason == reason]
+
+
+def test_a_flushed_ledger_halts_the_campaign_and_nothing_is_resent(
+    operator: Service, delivery: Delivery, capture: Mailbox, request: pytest.FixtureRequest
+) -> None:
+    delivery.campaign("notice", capture, audience={"inline": FIVE})
+    assert delivery.run("notice")[0] == 0
+    recorded = wait_for(lambda: status_of(delivery, "notice").get("ledger"), timeout=10)
+    assert recorded["handovers"] == 5
+    assert len(capture.journal()) == 5
+
+    redis.Redis.from_url(delivery.redis_url).flushall()  # Redis lost everything
+    code, log = delivery.run("notice")
+    assert code == 0 and '"result": "LedgerLost"' in log, log
+    assert len(capture.journal()) == 5, "a lost ledger turned into a resend"
+    loss = status_of(delivery, "notice")["ledgerLoss"]
+    assert loss["expected"] == recorded and "found" not in loss
+    assert "the ledger is gone" in loss["reason"]
+    wait_for(lambda: status_of(delivery, "notice").get("phase") == "Halted", timeout=20)
+    halted = halted_condition(delivery, "notice")
+    assert (halted["status"], halted["reason"]) == ("True", "LedgerLost")
+    command = f"--overwrite {LEDGER_LOSS_ACK}={recorded['id']}"
+    assert command in halted["message"]
+    assert cronjobs_suspended(delivery) == [True]
+    [lost_event] = events(delivery, "LedgerLost")
+    assert command in lost_event
+
+    # Undoing a cluster halt never clears a LedgerLost halt.
+    halt = ["patch", "deliveryhalt", "cluster", "--type", "merge", "-p"]
+    request.addfinalizer(lambda: delivery.cp.kubectl(*halt, '{"spec":{"halted":false}}'))
+    delivery.cp.kubectl(*halt, '{"spec":{"halted":true,"reason":"test"}}')
+    delivery.cp.kubectl(*halt, '{"spec":{"halted":false}}')
+    time.sleep(4)  # a few of the operator's resyncs
+    assert halted_condition(delivery, "notice")["reason"] == "LedgerLost"
+    assert delivery.run("notice")[0] == 0
+    assert len(capture.journal()) == 5
+
+    # A person acknowledges, the documented way: delivery goes on with the ledger found.
+    delivery.cp.kubectl("annotate", "nc", "notice", "-n", delivery.ns,
+                        *command.split(" "))
+    wait_for(lambda: halted_condition(delivery, "notice")["status"] == "False", timeout=20)
+    # Everybody had been sent before the loss: the campaign is Completed, not resumed.
+    assert status_of(delivery, "notice")["phase"] == "Completed"
+    assert cronjobs_suspended(delivery) == [True]
+    code, log = delivery.run("notice")  # a run by hand, as a person may start one
+    assert code == 0 and '"result": "Done"' in log, log
+    status = status_of(delivery, "notice")
+    assert "ledgerLoss" not in status
+    assert status["ledger"]["id"] != recorded["id"] and status["ledger"]["handovers"] == 5
+    assert (status["sent"], status["total"]) == (5, 5)
+    assert events(delivery, "LedgerLossAcknowledged")
+    # The ledger the person accepted knew nobody: that is the resend they accepted.
+    assert set(per_recipient(capture).values()) == {2}
+
+    # The old acknowledgement does not cover a new loss.
+    redis.Redis.from_url(delivery.redis_url).flushall()
+    code, log = delivery.run("notice")
+    assert code == 0 and '"result": "LedgerLost"' in log, log
+    assert len(capture.journal()) == 10
+    wait_for(lambda: status_of(delivery, "notice").get("phase") == "Halted", timeout=20)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"id": "0123456789abcdef"}, "another ledger"),
+    ({"handovers": 2}, "an older ledger"),
+])
+def test_another_or_an_older_ledger_is_a_loss(
+    delivery: Delivery, capture: Mailbox, change: dict[str, Any], reason: str
+) -> None:
+    delivery.campaign("notice", capture, audience={"inline": FIVE})
+    assert delivery.run("notice")[0] == 0
+    recorded = status_of(delivery, "notice")["ledger"]
+    # A new Redis, or a snapshot restored from before the last sends.
+    redis.Redis.from_url(delivery.redis_url).hset(
+        CampaignKeys(delivery.ns, "notice", "").identity, mapping=change)
+    delivery.configmap("more", {"more.csv": csv_audience(20)})
+    delivery.campaign("notice", capture, audience={
+        "inline": FIVE, "configMaps": [{"name": "more", "key": "more.csv"}]})
+    code, log = delivery.run("notice")
+    assert code == 0 and '"result": "LedgerLost"' in log, log
+    assert len(capture.journal()) == 5
+    loss = status_of(delivery, "notice")["ledgerLoss"]
+    assert loss["reason"].startswith(reason)
+    assert loss["expected"] == recorded
+    assert loss["found"] == {**recorded, **change}
+
+
+def test_a_ledger_lost_during_a_run_stops_it(delivery: Delivery, capture: Mailbox) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(2000)})
+    delivery.campaign("notice", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]},
+        delivery={"leaseSeconds": 4, "backoffSeconds": 1, "ratePerSecond": 200})
+    job = delivery.start("notice")
+    wait_for(lambda: len(capture.journal()) >= 50, timeout=60, interval=0.05)
+    lost_at = time.time()
+    redis.Redis.from_url(delivery.redis_url).flushall()
+    assert job.wait(timeout=60) == 0
+    log = delivery.logs[-1].read_text()
+    assert '"result": "LedgerLost"' in log, log
+    after = [e for e in capture.journal() if e["time"] > lost_at]
+    print(f"{len(after)} handed over after the loss (in flight then)")
+    assert len(after) <= 2  # the messages in flight on the campaign's two connections
+    assert "the ledger is gone" in status_of(delivery, "notice")["ledgerLoss"]["reason"]
