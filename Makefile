@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup controlplane lint test unit integration
+.PHONY: setup controlplane demo lint test unit integration
 
 setup: $(VENV)/.installed
 	@bash dev/install-system-packages.sh
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 # etcd, kube-apiserver, kube-controller-manager, kubectl and helm, built once per version.
 controlplane: setup
 	$(BIN)/python -m herald_dev.build
+
+# The main job on the local stack: the sample campaign, delivered and checked.
+demo: controlplane
+	$(BIN)/herald demo
 
 lint: setup
 	$(BIN)/ruff check dev operator jobs tests

@@ -26,7 +26,13 @@ from herald_dev import build
 from herald_dev.controlplane import ControlPlane, loopback_certificate
 from herald_dev.servers import capture_service, redis_service, smtp_sink_service
 from herald_dev.services import Service, free_port, start_all, stop_all
-from herald_dev.stack import MANIFESTS, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, operator_service
+from herald_dev.stack import (
+    MANIFESTS,
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    executor_service,
+    operator_service,
+)
 
 T = TypeVar("T")
 
@@ -220,3 +226,12 @@ def start_operator(herald_installed: Path, tmp_path: Path, request: pytest.Fixtu
 @pytest.fixture
 def operator(start_operator: Callable[..., Service]) -> Service:
     return start_operator()
+
+
+@pytest.fixture
+def executor(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Path]:
+    """The local executor as the cluster's node; yields its folder (pods/<ns>/<pod>/)."""
+    service = executor_service(tmp_path / "executor", control_plane.kubeconfig)
+    _run("executor", [service])
+    yield service.workdir
+    service.stop()

@@ -11,18 +11,20 @@ import json
 import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from herald_dev import build
 from herald_dev.controlplane import ControlPlane
 from herald_dev.servers import capture_service, redis_service
-from herald_dev.services import Service, free_port, http_ok, start_all, stop_all
+from herald_dev.services import Service, free_port, http_ok, port_open, start_all, stop_all
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = [REPO / "manifests" / "crds", REPO / "manifests" / "rbac",
              REPO / "manifests" / "policies"]
 OPERATOR_NAMESPACE, OPERATOR_ACCOUNT = "herald-system", "herald-operator"
+SAMPLE_SMTP_PORT = 2525
 
 
 def operator_service(workdir: Path, kubeconfig: Path, health_port: int, metrics_port: int,
@@ -35,6 +37,18 @@ def operator_service(workdir: Path, kubeconfig: Path, health_port: int, metrics_
         workdir=workdir,
         env={"KUBECONFIG": str(kubeconfig), "HERALD_JOB_REDIS_URL": redis_url},
         ready=lambda: http_ok(f"http://127.0.0.1:{health_port}/healthz"),
+    )
+
+
+def executor_service(workdir: Path, kubeconfig: Path) -> Service:
+    """The local executor (herald_dev.executor): the node that runs job pods as processes."""
+    alive = workdir / "executor.alive"
+    return Service(
+        name="local-executor",
+        argv=[sys.executable, "-m", "herald_dev.executor", "--kubeconfig", str(kubeconfig),
+              "--workdir", str(workdir)],
+        workdir=workdir,
+        ready=lambda: time.time() - alive.stat().st_mtime < 5,
     )
 
 
@@ -56,6 +70,8 @@ class DevStack:
             json.loads(ports_file.read_text()) if ports_file.exists() else {})
         names = ("redis", "smtp", "operator_health", "operator_metrics")
         if any(name not in self.ports for name in names):
+            if "smtp" not in self.ports and not port_open(SAMPLE_SMTP_PORT):
+                self.ports["smtp"] = SAMPLE_SMTP_PORT  # the port the samples name
             self.ports |= {n: free_port() for n in names if n not in self.ports}
             self.home.mkdir(parents=True, exist_ok=True)
             ports_file.write_text(json.dumps(self.ports))
@@ -68,7 +84,8 @@ class DevStack:
         self.operator = operator_service(
             self.home, self.operator_kubeconfig, self.ports["operator_health"],
             self.ports["operator_metrics"], self.env()["HERALD_REDIS_URL"])
-        self.services = [*self.servers, self.operator]
+        self.executor = executor_service(self.home / "executor", self.cluster.kubeconfig)
+        self.services = [*self.servers, self.operator, self.executor]
 
     def up(self) -> None:
         if not build.is_built():
@@ -82,7 +99,7 @@ class DevStack:
             # The operator runs as its own ServiceAccount, so its RBAC is the real one.
             self.cluster.service_account_kubeconfig(
                 OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, self.operator_kubeconfig)
-        start_all([self.operator], attached=False, timeout=60)
+        start_all([self.operator, self.executor], attached=False, timeout=60)
 
     def down(self) -> None:
         stop_all(self.services)

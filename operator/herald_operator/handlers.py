@@ -40,8 +40,14 @@ def halt_changed(memo: kopf.Memo, **_: Any) -> None:
     reconcile_all(memo.kube, memo.settings)
 
 
-@kopf.on.event(GROUP, VERSION, "notificationcampaigns",
-               when=lambda status, **_: bool(status.get("ledgerLoss")))
-def ledger_loss_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    # A job recorded a loss, or a person acknowledged one: show it (and halt) at once.
+def _needs_a_look(status: kopf.Status, **_: Any) -> bool:
+    """A delivery pod wrote what changes the phase: a ledger loss (or its acknowledgement),
+    or the last pending recipient done."""
+    return bool(status.get("ledgerLoss")) or (
+        status.get("pending") == 0 and status.get("phase") != "Completed")
+
+
+@kopf.on.event(GROUP, VERSION, "notificationcampaigns", when=_needs_a_look)
+def status_written(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    # At once, not at the next resync. A pass writes only what changed, so this settles.
     reconcile(memo.kube, str(namespace), name, memo.settings)
