@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-from herald_dev.stack import DevStack, dev_home
 from herald_jobs import main as job_main
 from herald_operator import main as operator_main
+
+if TYPE_CHECKING:  # `herald dev` and `herald demo` need the dev extras; the image has none
+    from herald_dev.stack import DevStack
 
 
 def _dev_up(stack: DevStack) -> int:
@@ -68,8 +71,9 @@ def parser() -> argparse.ArgumentParser:
     job.set_defaults(run=job_main.run)
     dev = commands.add_parser(
         "dev", help="a whole local stack without Docker",
-        description=f"A local Kubernetes control plane, Redis and an SMTP capture server, "
-                    f"kept in $HERALD_DEV_HOME (now {dev_home()}).")
+        description="A local Kubernetes control plane, Redis, an SMTP capture server, the "
+                    "operator and a local executor for job pods, kept in $HERALD_DEV_HOME "
+                    "(default ~/.local/share/herald/dev).")
     actions = dev.add_subparsers(dest="action", required=True)
     actions.add_parser("up", help="start what is not running; return once all is healthy") \
         .set_defaults(run=_dev_up)
@@ -94,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command in ("operator", "job"):
         return int(args.run(args))
+    try:
+        from herald_dev.stack import DevStack, dev_home
+    except ImportError as err:
+        print(f"herald {args.command}: needs the dev extras (pip install 'herald[dev]'): {err}",
+              file=sys.stderr)
+        return 2
     try:
         if args.command == "demo":
             return int(args.run(DevStack(dev_home()), args))

@@ -17,7 +17,7 @@ from herald_api.kubeclient import api_client
 from herald_jobs import logs
 from herald_jobs.audience import AudienceError
 from herald_jobs.kube import CampaignSource
-from herald_jobs.worker import NotDurable, run_job
+from herald_jobs.worker import NotDurable, SpecProblem, run_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(run_job(source, args.redis_url, args.accept_unverified_redis))
     except NotDurable as err:
         return _fail(3, f"refusing to send: {err}")
-    except (AudienceError, ValidationError) as err:
+    except (AudienceError, ValidationError, SpecProblem) as err:
         return _fail(4, str(err))
     except ZoneInfoNotFoundError as err:
         return _fail(4, f"spec.timeZone: unknown time zone: {err}")

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from herald_api.models import CampaignSpec, content_key
+from herald_api.models import CampaignSpec, content_key, with_default_relay
 from herald_api.names import acknowledge_loss_command
 from herald_jobs.audience import AudienceReader
 from herald_jobs.controls import Controls
@@ -51,6 +51,10 @@ DURABILITY = {
 }
 EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu",
             "volatile-random", "volatile-ttl")
+
+
+class SpecProblem(ValueError):
+    """The campaign cannot be run as it is; the message names the field."""
 
 
 class NotDurable(RuntimeError):
@@ -367,6 +371,11 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
     started = time.monotonic()
     body = await asyncio.to_thread(source.read)
     spec = CampaignSpec.model_validate(body.get("spec") or {})
+    relay = with_default_relay(spec.smtp, os.environ)
+    if relay is None:
+        raise SpecProblem("spec.smtp.host: not set, and this install has no default SMTP "
+                          "relay (HERALD_DEFAULT_SMTP_HOST)")
+    spec = spec.model_copy(update={"smtp": relay})
     controls = Controls(source.api, source.namespace, source.name,
                         body["metadata"]["generation"], spec.windows, ZoneInfo(spec.time_zone))
     client = aioredis.Redis.from_url(redis_url)

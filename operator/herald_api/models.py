@@ -13,6 +13,7 @@ import email.utils
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import jinja2
@@ -182,7 +183,8 @@ class SecretRef(ApiModel):
 
 
 class Smtp(ApiModel):
-    host: Annotated[str, Field(min_length=1, description="SMTP relay host.")]
+    host: str | None = Field(default=None, min_length=1, description=(
+        "SMTP relay host; unset: the install's default relay (its host, port and security)."))
     port: Annotated[int, Field(ge=1, le=65535)] = 587
     security: Literal["STARTTLS", "TLS", "None"] = "STARTTLS"
     credentials_secret_ref: SecretRef | None = Field(
@@ -221,7 +223,8 @@ class CampaignSpec(ApiModel):
         default="15m", description="How soon a run follows one that ended inside a window.")
     audience: Audience
     message: Message
-    smtp: Smtp
+    # default {} lets a campaign use the install's default relay (see with_default_relay)
+    smtp: Smtp = Field(default_factory=Smtp, json_schema_extra={"default": {}})
     # default {} lets the API server fill in every delivery default before CEL reads them
     delivery: Delivery = Field(default_factory=Delivery, json_schema_extra={"default": {}})
 
@@ -300,6 +303,22 @@ class HaltSpec(ApiModel):
     halted: bool = Field(
         default=False, description="True halts every campaign in the cluster; false undoes it.")
     reason: str = Field(default="", max_length=1024, description="Why, for the people paged.")
+
+
+DEFAULT_RELAY_ENV = ("HERALD_DEFAULT_SMTP_HOST", "HERALD_DEFAULT_SMTP_PORT",
+                     "HERALD_DEFAULT_SMTP_SECURITY")
+
+
+def with_default_relay(smtp: Smtp, environ: Mapping[str, str]) -> Smtp | None:
+    """spec.smtp as it is, or, when its host is unset, with the host, port and security of
+    the install's default relay (DEFAULT_RELAY_ENV); None when there is neither."""
+    if smtp.host:
+        return smtp
+    host, port, security = (environ.get(name, "") for name in DEFAULT_RELAY_ENV)
+    if not host:
+        return None
+    return Smtp.model_validate({**smtp.model_dump(by_alias=True), "host": host,
+                                "port": int(port or 587), "security": security or "STARTTLS"})
 
 
 def audience_version(audience: Audience, source_data: list[str]) -> str:

@@ -6,12 +6,13 @@ the same campaign twice yields the same objects.
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from herald_api import API_VERSION, GROUP
-from herald_api.models import CampaignSpec
+from herald_api.models import DEFAULT_RELAY_ENV, CampaignSpec
 from herald_api.names import (
     CAMPAIGN_ANNOTATION,
     HALT_READER_CLUSTER_ROLE,
@@ -23,6 +24,7 @@ from herald_api.names import (
 from herald_api.windows import max_length, minutes_of, schedules
 
 JOB_USER_ID = 10001
+REDIS_URL_KEY = "redis-url"  # in the Secret named like the campaign's ServiceAccount
 NO_WINDOW_RUN_SECONDS = 24 * 3600  # the backstop of a run of a campaign without windows
 
 
@@ -40,22 +42,25 @@ class JobSettings:
 
     image: str = "herald:latest"
     image_pull_policy: str = "IfNotPresent"
+    # The ledger's Redis. It reaches the pods through a Secret of each campaign's own
+    # (job_access), never as a literal in the CronJob, since it may hold a password.
     redis_url: str = ""
-    # A Secret (same name in every campaign namespace) holding the Redis URL, instead of
-    # redis_url: `name` and `key`.
-    redis_secret_name: str = ""
-    redis_secret_key: str = "url"
+    accept_unverified_redis: bool = False  # a managed Redis whose CONFIG cannot be read
+    # The install's default SMTP relay (host, port, security) for campaigns without a host.
+    default_relay: tuple[str, str, str] = ("", "", "")
 
     @classmethod
     def from_env(cls) -> JobSettings:
         return cls(
+            accept_unverified_redis=os.environ.get(
+                "HERALD_JOB_ACCEPT_UNVERIFIED_REDIS", "") in ("1", "true"),
+            default_relay=tuple(  # type: ignore[arg-type]
+                os.environ.get(name, "") for name in DEFAULT_RELAY_ENV),
             image=os.environ.get("HERALD_JOB_IMAGE", cls.image),
             image_pull_policy=os.environ.get("HERALD_JOB_IMAGE_PULL_POLICY",
                                              cls.image_pull_policy),
             redis_url=os.environ.get("HERALD_JOB_REDIS_URL",
                                      os.environ.get("HERALD_REDIS_URL", "")),
-            redis_secret_name=os.environ.get("HERALD_JOB_REDIS_SECRET", ""),
-            redis_secret_key=os.environ.get("HERALD_JOB_REDIS_SECRET_KEY", "url"),
         )
 
 
@@ -88,11 +93,15 @@ def _pod_env(campaign: Campaign, settings: JobSettings) -> list[dict[str, Any]]:
         {"name": "HERALD_JOB_NAME",
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
     ]
-    if settings.redis_secret_name:
+    if settings.redis_url:
         env.append({"name": "HERALD_REDIS_URL", "valueFrom": {"secretKeyRef": {
-            "name": settings.redis_secret_name, "key": settings.redis_secret_key}}})
-    elif settings.redis_url:
-        env.append({"name": "HERALD_REDIS_URL", "value": settings.redis_url})
+            "name": job_account_name(campaign.name), "key": REDIS_URL_KEY}}})
+    if settings.accept_unverified_redis:
+        env.append({"name": "HERALD_ACCEPT_UNVERIFIED_REDIS", "value": "1"})
+    if not campaign.spec.smtp.host:
+        env += [{"name": name, "value": value}
+                for name, value in zip(DEFAULT_RELAY_ENV, settings.default_relay, strict=True)
+                if value]
     return env
 
 
@@ -180,14 +189,23 @@ def cronjobs(campaign: Campaign, settings: JobSettings, *, suspend: bool) -> lis
     ]
 
 
-def job_access(campaign: Campaign) -> list[dict[str, Any]]:
-    """The delivery pods' ServiceAccount and exactly the access the contract lists."""
+def job_access(campaign: Campaign, settings: JobSettings | None = None
+               ) -> list[dict[str, Any]]:
+    """The delivery pods' ServiceAccount and exactly the access the contract lists, and
+    the Secret that holds the ledger's Redis URL for them (when the operator has one)."""
     name = job_account_name(campaign.name)
     spec = campaign.spec
     config_maps = sorted({ref.name for ref in spec.audience.config_maps})
     secrets = {ref.name for ref in spec.audience.secrets}
     if spec.smtp.credentials_secret_ref:
         secrets.add(spec.smtp.credentials_secret_ref.name)
+    redis_secret = []
+    if settings and settings.redis_url:
+        secrets.add(name)
+        redis_secret.append({
+            "apiVersion": "v1", "kind": "Secret", "metadata": _metadata(campaign, name),
+            "type": "Opaque",
+            "data": {REDIS_URL_KEY: base64.b64encode(settings.redis_url.encode()).decode()}})
     rules: list[dict[str, Any]] = [
         {"apiGroups": [GROUP], "resources": ["notificationcampaigns"],
          "resourceNames": [campaign.name], "verbs": ["get", "list", "watch"]},
@@ -206,6 +224,7 @@ def job_access(campaign: Campaign) -> list[dict[str, Any]]:
     cluster_labels = labels(campaign.namespace, campaign.name)
     full_name = {CAMPAIGN_ANNOTATION: f"{campaign.namespace}/{campaign.name}"}
     return [
+        *redis_secret,
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(campaign, name)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": _metadata(campaign, name), "rules": rules},

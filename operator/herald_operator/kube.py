@@ -26,8 +26,9 @@ log = logging.getLogger("herald.operator")
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, namespaces: list[str] | None = None) -> None:
         self.api = api
+        self.namespaces = namespaces or []  # the watched ones; none: the whole cluster
         self.dynamic = DynamicClient(api)
         self.core = client.CoreV1Api(api)
 
@@ -59,8 +60,11 @@ class Kube:
         return [item.to_dict() for item in found.items]
 
     def campaigns(self) -> list[dict[str, Any]]:
-        found = self._resource(API_VERSION, "NotificationCampaign").get()
-        return [item.to_dict() for item in found.items]
+        resource = self._resource(API_VERSION, "NotificationCampaign")
+        if not self.namespaces:
+            return [item.to_dict() for item in resource.get().items]
+        return [item.to_dict() for namespace in self.namespaces
+                for item in resource.get(namespace=namespace).items]
 
     def campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

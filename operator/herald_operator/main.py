@@ -27,8 +27,7 @@ from herald_operator.kube import Kube
 from herald_operator.reconcile import reconcile_all
 
 log = logging.getLogger("herald.operator")
-REQUIRED_CRDS = (f"notificationcampaigns.{GROUP}", f"deliveryhalts.{GROUP}",
-                 "clusterkopfpeerings.kopf.dev")
+REQUIRED_CRDS = (f"notificationcampaigns.{GROUP}", f"deliveryhalts.{GROUP}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no peering: for a single replica only")
     parser.add_argument("--resync-seconds", type=float, default=15.0,
                         help="how often every campaign is checked again (drift, windows)")
+    parser.add_argument("--namespace", dest="namespaces", action="append", default=[],
+                        metavar="NS", help="watch only this namespace (repeat for several; "
+                        "default: the whole cluster); replicas then agree through a "
+                        "KopfPeering in each")
 
 
-def _check_crds(api: client.ApiClient) -> str | None:
+def _check_crds(api: client.ApiClient, namespaced: bool) -> str | None:
     ext = client.ApiextensionsV1Api(api)
-    for name in REQUIRED_CRDS:
+    peering = "kopfpeerings.kopf.dev" if namespaced else "clusterkopfpeerings.kopf.dev"
+    for name in (*REQUIRED_CRDS, peering):
         try:
             ext.read_custom_resource_definition(name)
         except ApiException as err:
@@ -64,22 +68,39 @@ def _check_crds(api: client.ApiClient) -> str | None:
     return None
 
 
-def _ensure_peering(api: client.ApiClient, name: str) -> None:
-    try:
-        client.CustomObjectsApi(api).create_cluster_custom_object(
-            "kopf.dev", "v1", "clusterkopfpeerings",
-            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-             "metadata": {"name": name}})
-    except ApiException as err:
-        if err.status != 409:
-            raise
+def _ensure_peering(api: client.ApiClient, name: str, namespaces: list[str]) -> None:
+    """The peering object(s) kopf's replicas meet in: one cluster-wide, or one per
+    watched namespace."""
+    custom = client.CustomObjectsApi(api)
+    body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": name}}
+    where: list[str | None] = [*namespaces] or [None]
+    for namespace in where:
+        try:
+            if namespace is None:
+                custom.create_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings",
+                    {**body, "kind": "ClusterKopfPeering"})
+            else:
+                custom.create_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"})
+        except ApiException as err:
+            if err.status != 409:  # it exists
+                raise
 
 
-def is_leader(api: client.ApiClient, peering: str, identity: str, now: dt.datetime) -> bool:
-    """Whether this replica has the highest priority among the live peers."""
+def is_leader(api: client.ApiClient, peering: str, identity: str, now: dt.datetime,
+              namespaces: list[str] | None = None) -> bool:
+    """Whether this replica has the highest priority among the live peers (of the first
+    watched namespace, when namespaced)."""
+    custom = client.CustomObjectsApi(api)
     try:
-        obj = cast(dict[str, Any], client.CustomObjectsApi(api).get_cluster_custom_object(
-            "kopf.dev", "v1", "clusterkopfpeerings", peering))
+        if namespaces:
+            found = custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", namespaces[0], "kopfpeerings", peering)
+        else:
+            found = custom.get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", peering)
+        obj = cast(dict[str, Any], found)
     except ApiException:
         return False
     best: tuple[int, str] | None = None
@@ -105,7 +126,7 @@ async def _resync(kube: Kube, settings: JobSettings, args: argparse.Namespace,
         now = dt.datetime.now(dt.UTC)
         try:
             leader = args.standalone or await asyncio.to_thread(
-                is_leader, kube.api, args.peering, identity, now)
+                is_leader, kube.api, args.peering, identity, now, args.namespaces)
             if leader:
                 await asyncio.to_thread(reconcile_all, kube, settings)
         except Exception:
@@ -113,17 +134,18 @@ async def _resync(kube: Kube, settings: JobSettings, args: argparse.Namespace,
 
 
 async def _run(args: argparse.Namespace, api: client.ApiClient) -> None:
-    kube = Kube(api)
+    kube = Kube(api, args.namespaces)
     settings = JobSettings.from_env()
     priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
     identity = f"{socket.gethostname()}-{os.getpid()}"
     start_http_server(args.metrics_port, addr=args.listen)
     kube.ensure_halt_object()
     if not args.standalone:
-        _ensure_peering(api, args.peering)
+        _ensure_peering(api, args.peering, args.namespaces)
     log.info("operator starting", extra={"identity": identity, "priority": priority})
     operator = asyncio.create_task(kopf.operator(
-        clusterwide=True,
+        clusterwide=not args.namespaces,
+        namespaces=args.namespaces,
         standalone=args.standalone,
         peering_name=args.peering,
         priority=priority,
@@ -142,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose=False)
     try:
         api = api_client()
-        problem = _check_crds(api)
+        problem = _check_crds(api, bool(args.namespaces))
     except ConfigException as err:
         problem = f"no Kubernetes configuration (in-cluster, or KUBECONFIG): {err}"
     except (ApiException, urllib3.exceptions.HTTPError) as err:

@@ -234,6 +234,9 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
     ledger_lost = ledger_loss_message(body)
 
     spec, problem = spec_problem(body.get("spec") or {})
+    if spec and not problem and not spec.smtp.host and not settings.default_relay[0]:
+        problem = ("spec.smtp.host: not set, and this install has no default SMTP relay "
+                   "(the chart's smtp.host; HERALD_DEFAULT_SMTP_HOST)")
     completed = False
     in_force = old_status.get("dedupeKey") or ""
     content_changed = bool(spec and not spec.delivery.dedupe_key and in_force
@@ -247,7 +250,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
     desired: list[dict[str, Any]] = []
     if spec and not problem:
         campaign = Campaign(namespace, name, meta["uid"], spec)
-        for obj in job_access(campaign):
+        for obj in job_access(campaign, settings):
             kube.apply(obj)
         desired = cronjobs(campaign, settings,
                            suspend=spec.suspend or halted or bool(ledger_lost) or completed
@@ -313,6 +316,8 @@ def reconcile_all(kube: Kube, settings: JobSettings) -> None:
     for binding in kube.all_managed("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"):
         owner = (binding["metadata"].get("annotations") or {}).get(CAMPAIGN_ANNOTATION, "")
         namespace, _, name = owner.partition("/")
+        if kube.namespaces and namespace not in kube.namespaces:
+            continue  # another operator's campaign
         if name and kube.campaign(namespace, name) is None:
             kube.delete("rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
                         binding["metadata"]["name"], None)

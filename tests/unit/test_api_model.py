@@ -109,3 +109,9 @@ def test_bad_specs_are_refused_naming_the_field(changes: dict[str, Any], complai
     with pytest.raises(ValidationError) as err:
         CampaignSpec.model_validate(minimal(**changes))
     assert complaint.replace("_", "").lower() in str(err.value).replace("_", "").lower()
+
+
+def test_the_chart_carries_the_same_crds() -> None:
+    for path in (ROOT / "manifests" / "crds").glob("*.yaml"):
+        chart = ROOT / "charts" / "herald" / "crds" / path.name
+        assert chart.read_text() == path.read_text(), f"cp {path} {chart}"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
-import pytest
-
-from herald_api.models import CampaignSpec
+from herald_api.models import CampaignSpec, with_default_relay
 from herald_api.names import CRONJOB_NAME_MAX, cronjob_name, halt_binding_name, job_account_name
 from herald_operator.builders import Campaign, JobSettings, cronjobs, job_access
 
@@ -48,16 +48,20 @@ def test_without_windows_one_cronjob_runs_every_resume_interval() -> None:
     assert hourly["spec"]["schedule"] == "0 * * * *"
 
 
-@pytest.mark.parametrize(("settings", "expected"), [
-    (JobSettings(redis_url="redis://redis:6379/0"), {"value": "redis://redis:6379/0"}),
-    (JobSettings(redis_secret_name="herald-redis", redis_secret_key="url"),
-     {"valueFrom": {"secretKeyRef": {"name": "herald-redis", "key": "url"}}}),
-])
-def test_pods_find_redis_by_value_or_secret(settings: JobSettings, expected: dict) -> None:
-    [cj] = cronjobs(make(), settings, suspend=False)
+def test_pods_find_redis_in_a_secret_of_their_campaign_that_only_they_may_read() -> None:
+    campaign, settings = make(), JobSettings(redis_url="redis://:pw@redis:6379/0")
+    [cj] = cronjobs(campaign, settings, suspend=False)
     container = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     [redis] = [e for e in container["env"] if e["name"] == "HERALD_REDIS_URL"]
-    assert {k: v for k, v in redis.items() if k != "name"} == expected
+    assert redis["valueFrom"] == {"secretKeyRef": {"name": "herald-job-notice",
+                                                   "key": "redis-url"}}
+    assert "pw" not in json.dumps(cj)
+    objects = job_access(campaign, settings)
+    [secret] = [o for o in objects if o["kind"] == "Secret"]
+    assert base64.b64decode(secret["data"]["redis-url"]).decode() == settings.redis_url
+    [role] = [o for o in objects if o["kind"] == "Role"]
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["herald-job-notice"],
+            "verbs": ["get"]} in role["rules"]
 
 
 def rules_of(campaign: Campaign) -> list[dict[str, Any]]:
@@ -82,3 +86,21 @@ def test_pods_may_read_exactly_the_sources_and_credentials_named() -> None:
     assert by_resource["secrets"]["resourceNames"] == ["smtp-credentials", "vip"]
     assert by_resource["notificationcampaigns"]["resourceNames"] == ["notice"]
     assert by_resource["notificationcampaigns"]["verbs"] == ["get", "list", "watch"]
+
+
+def test_a_campaign_without_a_host_gets_the_installs_default_relay() -> None:
+    settings = JobSettings(default_relay=("relay.example.com", "465", "TLS"))
+    campaign = make(smtp={"timeoutSeconds": 10})
+    [cj] = cronjobs(campaign, settings, suspend=False)
+    container = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["HERALD_DEFAULT_SMTP_HOST"], env["HERALD_DEFAULT_SMTP_PORT"],
+            env["HERALD_DEFAULT_SMTP_SECURITY"]) == ("relay.example.com", "465", "TLS")
+    relay = with_default_relay(campaign.spec.smtp, env)  # as the pod sees it
+    assert relay is not None
+    assert (relay.host, relay.port, relay.security, relay.timeout_seconds) == (
+        "relay.example.com", 465, "TLS", 10)
+    [own] = cronjobs(make(), settings, suspend=False)  # a campaign with its own host
+    own_env = own["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not [e for e in own_env if e["name"].startswith("HERALD_DEFAULT_SMTP")]
+    assert with_default_relay(campaign.spec.smtp, {}) is None
