@@ -158,8 +158,8 @@ class Executor:
                 self.step()
                 if time.monotonic() - self.heartbeat > HEARTBEAT_SECONDS:
                     self.beat(ready=True)
-            except (ApiException, OSError) as err:
-                log.warning("step failed: %s", err)
+            except Exception:  # one odd pod or API hiccup must not stop the node
+                log.exception("step failed; trying again")
             time.sleep(POLL_SECONDS)
         for uid, item in list(self.running.items()):
             self.stop_process(item, grace=10)
@@ -296,7 +296,8 @@ class Executor:
         try:
             if kind == "Secret":
                 secret = self.core.read_namespaced_secret(name, namespace)
-                return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+                return {k: base64.b64decode(v).decode(errors="replace")
+                        for k, v in (secret.data or {}).items()}
             return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
         except ApiException as err:
             if err.status == 404 and optional:

@@ -183,20 +183,25 @@ return out
 # The send path's two steps, as functions over the same eight KEYS:
 # ledger, leases, holders, queue, counts, recipients, stop, identity.
 #
-# mark(identity, token, ledger id): the fenced mark, pending → handing, only under the
-# caller's unexpired lease, while no pod has seen a stop (suspend, halt) and while the
-# ledger is still the one the run checked (see herald_jobs.loss); counts the handover.
-# Returns {'ok', attempts} | {'lost'} | {'stopped', reason} | {'done', state}.
+# mark(identity, token, ledger id, handovers seen): the fenced mark, pending → handing, only
+# under the caller's unexpired lease, while no pod has seen a stop (suspend, halt) and while
+# the ledger is still the one the run checked (herald_jobs.loss): the same id, and at least
+# as many handovers as the caller has seen (an older copy restored under it is a loss).
+# Counts the handover. Returns {'ok', attempts, handovers} | {'lost'} | {'stopped', reason}
+# | {'done', state}.
 #
 # record(identity, token, outcome, reason, guarantee, max attempts, requeue delay ms,
 #        uses an attempt '1'/'0', retention seconds): records an outcome for a recipient the
 # caller holds. A late `sent` for a recipient another pod already declared unknown (same
 # token) still counts: it is the truth. Returns the new state, or 'stale'.
 _SEND_PATH = _PRELUDE + """
-local function mark(id, token, ledger_id)
+local function mark(id, token, ledger_id, seen)
   local stop = redis.call('GET', KEYS[7])
   if stop then return {'stopped', stop} end
-  if redis.call('HGET', KEYS[8], 'id') ~= ledger_id then return {'stopped', 'LedgerLost'} end
+  local ledger = redis.call('HMGET', KEYS[8], 'id', 'handovers')
+  if ledger[1] ~= ledger_id or tonumber(ledger[2] or '0') < tonumber(seen) then
+    return {'stopped', 'LedgerLost'}
+  end
   if redis.call('HGET', KEYS[3], id) ~= token then return {'lost'} end
   local expiry = redis.call('ZSCORE', KEYS[2], id)
   if not expiry or tonumber(expiry) <= now_ms() then return {'lost'} end
@@ -212,8 +217,7 @@ local function mark(id, token, ledger_id)
   e.t = token
   e.u = now_ms()
   put_entry(KEYS[1], id, e)
-  redis.call('HINCRBY', KEYS[8], 'handovers', 1)
-  return {'ok', e.a}
+  return {'ok', e.a, redis.call('HINCRBY', KEYS[8], 'handovers', 1)}
 end
 
 local function record(id, token, outcome, reason, guarantee, max_attempts, delay,
@@ -267,12 +271,12 @@ local function record(id, token, outcome, reason, guarantee, max_attempts, delay
   return e.s
 end
 """
-_MARK = _SEND_PATH + "return mark(ARGV[1], ARGV[2], ARGV[3])"
+_MARK = _SEND_PATH + "return mark(unpack(ARGV, 1, 4))"
 _RECORD = _SEND_PATH + "return record(unpack(ARGV, 1, 9))"
 # The previous message's outcome and the next message's mark in one round trip.
 _RECORD_THEN_MARK = _SEND_PATH + """
 local state = record(unpack(ARGV, 1, 9))
-local marked = mark(ARGV[10], ARGV[11], ARGV[12])
+local marked = mark(unpack(ARGV, 10, 13))
 return {state, marked}
 """
 
@@ -349,11 +353,14 @@ class Ledger:
     """The scripts above, bound to one round's keys."""
 
     def __init__(self, client: aioredis.Redis, keys: CampaignKeys, policy: Policy,
-                 ledger_id: str) -> None:
+                 ledger_id: str, handovers: int = 0) -> None:
         self.redis = client
         self.keys = keys
         self.policy = policy
-        self.ledger_id = ledger_id  # as checked at the run's start (herald_jobs.loss)
+        # The ledger as checked at the run's start (herald_jobs.loss), and the most
+        # handovers seen in it since: a mark that finds fewer finds an older copy.
+        self.ledger_id = ledger_id
+        self.handovers_seen = handovers
         self._seed = client.register_script(_SEED)
         self._claim = client.register_script(_CLAIM)
         self._mark = client.register_script(_MARK)
@@ -422,13 +429,14 @@ class Ledger:
         send path costs one Redis round trip per message.
         """
         state = None
+        mark_args: list[Any] = [item.identity, item.token, self.ledger_id, self.handovers_seen]
         if previous is None:
-            out = await self._mark(keys=self._send_keys,
-                                   args=[item.identity, item.token, self.ledger_id])
+            out = await self._mark(keys=self._send_keys, args=mark_args)
         else:
             state, out = await self._record_then_mark(
-                keys=self._send_keys,
-                args=[*self._record_args(previous), item.identity, item.token, self.ledger_id])
+                keys=self._send_keys, args=[*self._record_args(previous), *mark_args])
+        if len(out) > 2:
+            self.handovers_seen = max(self.handovers_seen, int(out[2]))
         detail = _text(out[1]) if len(out) > 1 else ""
         return _text(out[0]), detail, None if state is None else _text(state)
 
@@ -461,8 +469,11 @@ class Ledger:
         return {_text(key): int(value) for key, value in raw.items()}
 
     async def still_ours(self) -> bool:
-        """Whether the ledger is still the one the run checked (herald_jobs.loss)."""
-        return _text(await self.redis.hget(self.keys.identity, "id")) == self.ledger_id
+        """Whether the ledger is still the one the run checked (herald_jobs.loss), with
+        at least the handovers seen since."""
+        found, handovers = await self.redis.hmget(self.keys.identity, ["id", "handovers"])
+        return (found is not None and _text(found) == self.ledger_id
+                and int(handovers or 0) >= self.handovers_seen)
 
     async def counts_and_identity(self) -> tuple[dict[str, int], dict[str, str]]:
         """The counts and the ledger's identity as of one moment."""

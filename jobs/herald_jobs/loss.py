@@ -12,9 +12,10 @@ a run's first send and with every count update. Before a run sends anything, it 
   now could resend to everyone the lost ledger knew, so the run sends nothing and records
   `status.ledgerLoss`; the operator shows phase Halted, reason LedgerLost.
 
-A person acknowledges by setting the annotation LEDGER_LOSS_ACK to the lost ledger's id.
-The next run then adopts the ledger it finds under a new id, derived from the lost one so
-that every pod of that run agrees on it, and an old acknowledgement never covers a new loss.
+Each loss detected gets an id of its own (status.ledgerLoss.id). A person acknowledges
+that loss by setting the annotation LEDGER_LOSS_ACK to its id; the next run then adopts
+the ledger it finds under a new ledger id, derived from the loss's id so that every pod of
+that run agrees on it. An acknowledgement names one loss: it never covers a later one.
 """
 
 from __future__ import annotations
@@ -73,17 +74,24 @@ class LedgerCheck:
         return f"an older ledger: Redis has {self.handovers} handovers; status records {expected}"
 
 
-def adopted_id(lost_id: str) -> str:
-    return hashlib.sha256(f"{lost_id}:acknowledged".encode()).hexdigest()[:16]
+def adopted_id(loss_id: str) -> str:
+    return hashlib.sha256(f"{loss_id}:acknowledged".encode()).hexdigest()[:16]
 
 
-async def check_ledger(client: aioredis.Redis, keys: CampaignKeys, campaign: dict[str, Any]
-                       ) -> LedgerCheck:
-    """Compare the ledger in Redis with the campaign's record of it (see the docstring)."""
+async def check_ledger(client: aioredis.Redis, keys: CampaignKeys, campaign: dict[str, Any],
+                       known: dict[str, Any] | None = None) -> LedgerCheck:
+    """Compare the ledger in Redis with the campaign's record of it (see the docstring):
+    status.ledger, the ledger an unresolved loss expected, or `known`, what a run saw
+    itself, whichever is the newest record of one ledger."""
     status = campaign.get("status") or {}
-    recorded = status.get("ledger") or {}
+    recorded: dict[str, Any] = status.get("ledger") or {}
+    for other in ((status.get("ledgerLoss") or {}).get("expected"), known):
+        if other and (not recorded or (other["id"] == recorded.get("id")
+                                       and other["handovers"] > recorded.get("handovers", 0))):
+            recorded = other
+    loss = (status.get("ledgerLoss") or {}).get("id")
     acknowledged = (campaign["metadata"].get("annotations") or {}).get(LEDGER_LOSS_ACK)
-    adopt = adopted_id(recorded["id"]) if recorded and acknowledged == recorded["id"] else ""
+    adopt = adopted_id(loss) if loss and recorded and acknowledged == loss else ""
     script = client.register_script(_CHECK)
     result, found, handovers = await script(keys=[keys.identity], args=[
         recorded.get("id", ""), recorded.get("handovers", 0), adopt, secrets.token_hex(8)])

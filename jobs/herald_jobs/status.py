@@ -39,10 +39,12 @@ class StatusWriter:
 
     async def write(self, sent_this_run: int, result: str = "") -> None:
         """Write the ledger's counts and its record (status.ledger), and, with a result,
-        this run's lastRun. Counts of a ledger that is no longer the run's are not written."""
+        this run's lastRun. Counts of a ledger that is no longer the run's (another one, or
+        an older copy) are not written."""
         counts, identity = await self.ledger.counts_and_identity()
         status: dict[str, Any] = {}
-        if identity.get("id") == self.ledger.ledger_id:
+        if (identity.get("id") == self.ledger.ledger_id
+                and int(identity.get("handovers", 0)) >= self.ledger.handovers_seen):
             status = {f: counts.get(f, 0) for f in COUNT_FIELDS}
             status["countsVersion"] = counts.get("version", 0)
             status["dedupeKey"] = self.dedupe_key
@@ -71,13 +73,24 @@ class StatusWriter:
         seen = current.get("countsVersion") or 0
         return seen > version or (seen == version and not final)
 
+    def _advances(self, current: dict[str, Any], ledger: dict[str, Any]) -> bool:
+        """Whether `ledger` is a newer record of the ledger status shows (or the first):
+        the record only grows, whatever the counts do, so a loss check never misses."""
+        shown = current.get("ledger") or {}
+        return not shown or (shown.get("id") == ledger["id"]
+                             and shown.get("handovers", 0) < ledger["handovers"])
+
     def _patch(self, status: dict[str, Any], final: bool) -> None:
         for _ in range(5):
             body = self.source.read()
-            mine = status
-            if "countsVersion" in status and self._shows_newer(
-                    body.get("status") or {}, status["countsVersion"], final):
-                mine = {k: v for k, v in status.items() if k == "lastRun"}
+            current = body.get("status") or {}
+            mine = {k: v for k, v in status.items() if k not in ("ledger", "lastRun")}
+            if mine and self._shows_newer(current, status["countsVersion"], final):
+                mine = {}
+            if "ledger" in status and self._advances(current, status["ledger"]):
+                mine["ledger"] = status["ledger"]
+            if "lastRun" in status:
+                mine["lastRun"] = status["lastRun"]
             if not mine:
                 return
             try:

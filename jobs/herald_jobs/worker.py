@@ -338,17 +338,22 @@ async def choose_dedupe_key(client: aioredis.Redis, namespace: str, name: str,
 
 
 async def settle_ledger(client: aioredis.Redis, source: CampaignSource,
-                        body: dict[str, Any]) -> LedgerCheck:
-    """Check the ledger against the campaign's record (herald_jobs.loss) and say so in
-    status and Events; the record is in status before anything is sent."""
-    check = await check_ledger(client, CampaignKeys(source.namespace, source.name, ""), body)
+                        body: dict[str, Any], known: dict[str, Any] | None = None
+                        ) -> LedgerCheck:
+    """Check the ledger against the campaign's record (herald_jobs.loss), or what this run
+    saw of it (`known`), and say so in status and Events; the record is in status before
+    anything is sent."""
+    check = await check_ledger(client, CampaignKeys(source.namespace, source.name, ""), body,
+                               known)
     status = body.get("status") or {}
     if check.result == "lost":
-        command = acknowledge_loss_command(source.namespace, source.name, check.recorded["id"])
-        if (status.get("ledgerLoss") or {}).get("expected") != check.recorded:
-            await asyncio.to_thread(source.patch_status, {"ledgerLoss": {
-                "reason": check.reason(), "detectedAt": stamp(dt.datetime.now(dt.UTC)),
-                "expected": check.recorded, "found": check.record if check.id else None}})
+        loss = status.get("ledgerLoss") or {}
+        if loss.get("expected") != check.recorded or not loss.get("id"):
+            loss = {"id": secrets.token_hex(8), "reason": check.reason(),
+                    "detectedAt": stamp(dt.datetime.now(dt.UTC)), "expected": check.recorded,
+                    "found": check.record if check.id else None}
+            await asyncio.to_thread(source.patch_status, {"ledgerLoss": loss})
+        command = acknowledge_loss_command(source.namespace, source.name, loss["id"])
         await asyncio.to_thread(
             source.event, body, "Warning", "LedgerLost",
             f"{check.reason()}. Nothing is sent: recipients the lost ledger knew could get the "
@@ -396,11 +401,12 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
             policy = Policy(d.guarantee, d.max_attempts, d.backoff_seconds * 1000,
                             d.lease_seconds * 1000)
             ledger = Ledger(client, CampaignKeys(source.namespace, source.name, dedupe_key),
-                            policy, check.id)
+                            policy, check.id, check.handovers)
             state = await _deliver(source, body, spec, client, ledger, controls, content_changed)
             counts = await ledger.counts()
             if state.stop_reason == "LedgerLost":  # it went while this run was sending
-                await settle_ledger(client, source, await asyncio.to_thread(source.read))
+                await settle_ledger(client, source, await asyncio.to_thread(source.read),
+                                    {"id": ledger.ledger_id, "handovers": ledger.handovers_seen})
     finally:
         await asyncio.to_thread(controls.stop)
         loop.remove_signal_handler(signal.SIGTERM)

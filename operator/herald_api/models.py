@@ -258,6 +258,7 @@ class LedgerRecord(ApiModel):
 
 
 class LedgerLoss(ApiModel):
+    id: str = Field(description="This loss's id: the value that acknowledges it.")
     reason: str
     detected_at: str
     expected: LedgerRecord = Field(description="The ledger this campaign last wrote to.")

@@ -12,7 +12,7 @@ LABEL_CAMPAIGN = "herald.dev/campaign"
 LABEL_NAMESPACE = "herald.dev/campaign-namespace"
 CAMPAIGN_ANNOTATION = "herald.dev/campaign"  # namespace/name in full, where labels truncate
 HALT_READER_CLUSTER_ROLE = "herald-job-halt-reader"
-# Set by a person to the id of a lost ledger (status.ledger.id): delivery may go on.
+# Set by a person to the id of a ledger loss (status.ledgerLoss.id): delivery may go on.
 LEDGER_LOSS_ACK = "herald.dev/ledger-loss-acknowledged"
 
 
@@ -57,6 +57,6 @@ def labels(namespace: str, campaign: str) -> dict[str, str]:
     }
 
 
-def acknowledge_loss_command(namespace: str, campaign: str, lost_id: str) -> str:
+def acknowledge_loss_command(namespace: str, campaign: str, loss_id: str) -> str:
     """What a person runs to let delivery go on after a ledger loss."""
-    return f"kubectl annotate nc {campaign} -n {namespace} --overwrite {LEDGER_LOSS_ACK}={lost_id}"
+    return f"kubectl annotate nc {campaign} -n {namespace} --overwrite {LEDGER_LOSS_ACK}={loss_id}"

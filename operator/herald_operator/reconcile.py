@@ -83,14 +83,13 @@ def is_completed(spec: CampaignSpec, status: dict[str, Any], audience: str) -> b
 def ledger_loss_message(body: dict[str, Any]) -> str:
     """What a job found (status.ledgerLoss) and how to acknowledge it; "" once it is."""
     loss = (body.get("status") or {}).get("ledgerLoss") or {}
-    lost_id = (loss.get("expected") or {}).get("id")
-    if not lost_id:
+    if not loss:
         return ""
     meta = body["metadata"]
-    if (meta.get("annotations") or {}).get(LEDGER_LOSS_ACK) == lost_id:
+    if loss.get("id") and (meta.get("annotations") or {}).get(LEDGER_LOSS_ACK) == loss["id"]:
         return ""
     return (f"{loss.get('reason')}; nothing is sent until acknowledged: "
-            f"{acknowledge_loss_command(meta['namespace'], meta['name'], lost_id)}")
+            f"{acknowledge_loss_command(meta['namespace'], meta['name'], loss.get('id', '?'))}")
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,10 @@ async def test_marks_count_handovers_and_stop_when_the_ledger_is_not_the_checked
     assert (await ledger.mark(a))[0] == "ok"
     assert (await ledger.mark(b, Record(a, "sent")))[0] == "ok"
     assert await client.hget(KEYS.identity, "handovers") == b"2"
-    await client.hset(KEYS.identity, "id", "another")  # e.g. a loss acknowledged meanwhile
+    await client.hset(KEYS.identity, "handovers", 1)  # an older copy restored under the run
+    assert await ledger.mark(c) == ("stopped", "LedgerLost", None)
+    assert not await ledger.still_ours()
+    await client.hset(KEYS.identity, mapping={"handovers": 2, "id": "another"})
     assert await ledger.mark(c) == ("stopped", "LedgerLost", None)
     await client.delete(KEYS.identity)  # Redis lost it
     assert (await ledger.mark(c))[:2] == ("stopped", "LedgerLost")

@@ -50,7 +50,7 @@ def test_a_flushed_ledger_halts_the_campaign_and_nothing_is_resent(
     wait_for(lambda: status_of(delivery, "notice").get("phase") == "Halted", timeout=20)
     halted = halted_condition(delivery, "notice")
     assert (halted["status"], halted["reason"]) == ("True", "LedgerLost")
-    command = f"--overwrite {LEDGER_LOSS_ACK}={recorded['id']}"
+    command = f"--overwrite {LEDGER_LOSS_ACK}={loss['id']}"
     assert command in halted["message"]
     assert cronjobs_suspended(delivery) == [True]
     [lost_event] = events(delivery, "LedgerLost")
@@ -65,6 +65,7 @@ def test_a_flushed_ledger_halts_the_campaign_and_nothing_is_resent(
     assert halted_condition(delivery, "notice")["reason"] == "LedgerLost"
     assert delivery.run("notice")[0] == 0
     assert len(capture.journal()) == 5
+    assert status_of(delivery, "notice")["ledgerLoss"]["id"] == loss["id"]  # the same loss
 
     # A person acknowledges, the documented way: delivery goes on with the ledger found.
     delivery.cp.kubectl("annotate", "nc", "notice", "-n", delivery.ns,
@@ -132,3 +133,59 @@ def test_a_ledger_lost_during_a_run_stops_it(delivery: Delivery, capture: Mailbo
     print(f"{len(after)} handed over after the loss (in flight then)")
     assert len(after) <= 2  # the messages in flight on the campaign's two connections
     assert "the ledger is gone" in status_of(delivery, "notice")["ledgerLoss"]["reason"]
+
+
+def snapshot(delivery: Delivery, name: str) -> dict[bytes, bytes]:
+    """A backup of one campaign's keys (what a restored Redis snapshot would hold)."""
+    r = redis.Redis.from_url(delivery.redis_url)
+    return {k: r.dump(k) for k in r.scan_iter(match=f"herald:{{{delivery.ns}/{name}}}*")}
+
+
+def restore(delivery: Delivery, name: str, keys: dict[bytes, bytes]) -> None:
+    r = redis.Redis.from_url(delivery.redis_url)
+    for key in r.scan_iter(match=f"herald:{{{delivery.ns}/{name}}}*"):
+        r.delete(key)
+    for key, value in keys.items():
+        r.restore(key, 0, value, replace=True)
+
+
+def test_an_older_copy_restored_during_a_run_stops_it(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(600)})
+    delivery.campaign("notice", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]},
+        delivery={"leaseSeconds": 4, "backoffSeconds": 1, "ratePerSecond": 50})
+    job = delivery.start("notice")
+    wait_for(lambda: len(capture.journal()) >= 30, timeout=60, interval=0.05)
+    backup = snapshot(delivery, "notice")
+    wait_for(lambda: len(capture.journal()) >= 90, timeout=60, interval=0.05)
+    restored_at = time.time()
+    restore(delivery, "notice", backup)  # e.g. a failover to a replica that lagged behind
+    assert job.wait(timeout=60) == 0
+    log = delivery.logs[-1].read_text()
+    assert '"result": "LedgerLost"' in log, log
+    after = [e for e in capture.journal() if e["time"] > restored_at]
+    print(f"{len(after)} handed over after the restore (in flight then)")
+    assert len(after) <= 2
+    assert max(per_recipient(capture).values()) == 1
+    assert delivery.run("notice")[1].count('"result": "LedgerLost"') == 1  # and stays halted
+    assert max(per_recipient(capture).values()) == 1
+
+
+def test_an_acknowledgement_names_one_loss_only(delivery: Delivery, capture: Mailbox) -> None:
+    delivery.campaign("notice", capture, audience={"inline": FIVE})
+    assert delivery.run("notice")[0] == 0
+    backup = snapshot(delivery, "notice")
+    restore(delivery, "notice", {})  # lost
+    assert '"result": "LedgerLost"' in delivery.run("notice")[1]
+    loss = status_of(delivery, "notice")["ledgerLoss"]
+    delivery.cp.kubectl("annotate", "nc", "notice", "-n", delivery.ns,
+                        f"{LEDGER_LOSS_ACK}={loss['id']}")
+    restore(delivery, "notice", backup)  # found after all: the next run just goes on
+    assert '"result": "Done"' in delivery.run("notice")[1]
+    assert "ledgerLoss" not in status_of(delivery, "notice")
+    restore(delivery, "notice", {})  # a new loss: the annotation left behind does not cover it
+    assert '"result": "LedgerLost"' in delivery.run("notice")[1]
+    assert len(capture.journal()) == 5
+    assert status_of(delivery, "notice")["ledgerLoss"]["id"] != loss["id"]
