@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,6 +37,7 @@ NAMESPACE = "herald-demo"
 SAMPLES = REPO / "manifests" / "samples"
 MAIN, SECOND = "usage-notice-2026", "terms-update"
 SUSPEND_WITHIN_SECONDS = 2.0  # a loose bound on the promise of one second
+DEMO_SENDERS = ("privacy-notice@example.com", "terms@example.com")  # the samples' From
 
 
 @dataclass
@@ -98,12 +101,17 @@ class Demo:
             time.sleep(0.5)
         for key in self.redis.scan_iter(match=f"herald:{{{NAMESPACE}/*", count=1000):
             self.redis.delete(key)
-        maildir = self.stack.maildir
-        for eml in maildir.glob("*.eml"):
-            eml.unlink()
-        journal = maildir / "journal.jsonl"
+        # The demo's own mail only: other campaigns' mail in the capture folder stays.
+        journal = self.stack.maildir / "journal.jsonl"
         if journal.exists():
-            journal.write_text("")  # the server appends to it: truncate, keep the file
+            kept = []
+            for line in journal.read_text().splitlines():
+                entry = json.loads(line)
+                if entry["mail_from"] not in DEMO_SENDERS:
+                    kept.append(line + "\n")
+                elif entry.get("file"):
+                    (self.stack.maildir / entry["file"]).unlink(missing_ok=True)
+            journal.write_text("".join(kept))  # in place: the server appends to this file
         self.kubectl_apply((SAMPLES / "namespace.yaml").read_text())
 
     def kubectl_apply(self, manifest: str) -> None:
@@ -269,13 +277,14 @@ class Demo:
     def report(self) -> int:
         failed = [c for c in self.checks if not c.ok]
         home = self.stack.home
+        herald = shlex.quote(sys.argv[0])  # as it was called, e.g. .venv/bin/herald
         self.console.print(
             f"\nThe stack keeps running (home {home}). Explore it:\n"
-            f'  eval "$(herald dev env)"\n'
+            f'  eval "$({herald} dev env)"\n'
             f"  kubectl get nc -n {NAMESPACE} -w\n"
             f"  kubectl describe nc {MAIN} -n {NAMESPACE}\n"
             f"  ls {self.stack.maildir} | head\n"
-            f"Stop it with: herald dev down")
+            f"Stop it with: {herald} dev down")
         if failed:
             self.console.print(f"[red bold]{len(failed)} check(s) failed[/]")
             return 1

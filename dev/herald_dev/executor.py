@@ -50,6 +50,7 @@ SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 20
 RETRY_SECONDS = 5
+SHUTDOWN_GRACE_SECONDS = 5  # within the 10 s `herald dev down` gives the executor
 TOKEN_SECONDS = 48 * 3600
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -158,61 +159,84 @@ class Executor:
                 self.step()
                 if time.monotonic() - self.heartbeat > HEARTBEAT_SECONDS:
                     self.beat(ready=True)
-            except Exception:  # one odd pod or API hiccup must not stop the node
+            except Exception:  # an API hiccup must not stop the node
                 log.exception("step failed; trying again")
             time.sleep(POLL_SECONDS)
+        self.shut_down()
+
+    def shut_down(self) -> None:
+        """SIGTERM every pod at once, SIGKILL what is left after the grace, report them."""
+        for item in self.running.values():
+            self.stop_process(item, grace=SHUTDOWN_GRACE_SECONDS)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while time.monotonic() < deadline and any(
+                item.proc.poll() is None for item in self.running.values()):
+            time.sleep(0.1)
         for uid, item in list(self.running.items()):
-            self.stop_process(item, grace=10)
-            self.finish(uid, item)
+            with contextlib.suppress(Exception):
+                self.finish(uid, item)
         with contextlib.suppress(ApiException, OSError):
             self.beat(ready=False)
 
     def step(self) -> None:
         pods = self.api.sanitize_for_serialization(
             self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items)
-        seen = set()
+        seen = {pod["metadata"]["uid"] for pod in pods}
         for pod in pods:
-            meta, spec = pod["metadata"], pod["spec"]
-            uid = meta["uid"]
-            seen.add(uid)
-            phase = (pod.get("status") or {}).get("phase")
-            if not spec.get("nodeName"):
-                if not meta.get("deletionTimestamp"):
-                    self.bind(pod)
-                continue
-            if spec["nodeName"] != self.node:
-                continue
-            if meta.get("deletionTimestamp"):
-                if uid in self.running:
-                    item = self.running[uid]
-                    if item.killing_at is None:
-                        self.stop_process(item, grace=meta.get("deletionGracePeriodSeconds", 30))
-                else:
-                    self.remove(pod)  # a kubelet confirms the deletion once nothing runs
-                continue
-            if uid in self.running or uid in self.done or phase in ("Succeeded", "Failed"):
-                continue
-            if time.monotonic() < self.retry_at.get(uid, 0):
-                continue
-            if phase == "Running":  # ours, but its process died with an earlier executor
-                self.set_status(pod, "Failed", None, exit_code=137, reason="ExecutorRestarted")
-                self.done.add(uid)
-                continue
-            self.start(pod)
+            try:
+                self.look_at(pod)
+            except Exception:  # one odd pod must not hold up the others
+                log.exception("pod %s/%s", pod["metadata"]["namespace"], pod["metadata"]["name"])
         for uid, item in list(self.running.items()):
-            if uid not in seen:  # force-deleted: nobody waits for it
-                self.stop_process(item, grace=0)
-            if item.deadline and time.monotonic() > item.deadline and item.killing_at is None:
-                item.reason = "DeadlineExceeded"
-                self.stop_process(item, grace=_grace(self.read(item)))
-            if item.killing_at and time.monotonic() > item.killing_at:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(item.proc.pid, signal.SIGKILL)
-            if item.proc.poll() is not None:
-                self.finish(uid, item)
+            try:
+                self.tend(uid, item, gone=uid not in seen)
+            except Exception:
+                log.exception("pod %s/%s", item.namespace, item.name)
         self.done &= seen
         self.retry_at = {uid: t for uid, t in self.retry_at.items() if uid in seen}
         self.alive.touch()
+
+    def look_at(self, pod: dict[str, Any]) -> None:
+        """Bind it, start it, or stop it, as its state asks."""
+        meta, spec = pod["metadata"], pod["spec"]
+        uid = meta["uid"]
+        phase = (pod.get("status") or {}).get("phase")
+        if not spec.get("nodeName"):
+            if not meta.get("deletionTimestamp"):
+                self.bind(pod)
+            return
+        if spec["nodeName"] != self.node:
+            return
+        if meta.get("deletionTimestamp"):
+            if uid in self.running:
+                item = self.running[uid]
+                if item.killing_at is None:
+                    self.stop_process(item, grace=meta.get("deletionGracePeriodSeconds", 30))
+            else:
+                self.remove(pod)  # a kubelet confirms the deletion once nothing runs
+            return
+        if uid in self.running or uid in self.done or phase in ("Succeeded", "Failed"):
+            return
+        if time.monotonic() < self.retry_at.get(uid, 0):
+            return
+        if phase == "Running":  # ours, but its process died with an earlier executor
+            self.set_status(pod, "Failed", None, exit_code=137, reason="ExecutorRestarted")
+            self.done.add(uid)
+            return
+        self.start(pod)
+
+    def tend(self, uid: str, item: Running, gone: bool) -> None:
+        """Deadlines, SIGKILL after a grace, and the end of a process."""
+        if gone and item.killing_at is None:  # force-deleted: nobody waits for it
+            self.stop_process(item, grace=0)
+        if item.deadline and time.monotonic() > item.deadline and item.killing_at is None:
+            item.reason = "DeadlineExceeded"
+            self.stop_process(item, grace=_grace(self.read(item)))
+        if item.killing_at and time.monotonic() > item.killing_at:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(item.proc.pid, signal.SIGKILL)
+        if item.proc.poll() is not None:
+            self.finish(uid, item)
 
     # -- one pod --------------------------------------------------------------------------
 
@@ -342,19 +366,21 @@ class Executor:
         log.info("pod %s/%s: stopping (grace %d s)", item.namespace, item.name, grace)
 
     def finish(self, uid: str, item: Running) -> None:
+        """Report an ended (or, at shutdown, ending) process; kept for the next pass until
+        its status is written."""
+        with contextlib.suppress(ProcessLookupError):  # what it left behind, as a kubelet
+            os.killpg(item.proc.pid, signal.SIGKILL)   # ends a container's every process
         code = item.proc.wait()
+        pod = self.read(item)
+        if pod is not None and pod["metadata"].get("deletionTimestamp"):
+            self.remove(pod)
+        elif pod is not None:
+            exit_code = 128 + -code if code < 0 else code
+            phase = "Succeeded" if code == 0 and not item.reason else "Failed"
+            self.set_status(pod, phase, item, exit_code=exit_code, reason=item.reason)
         del self.running[uid]
         self.done.add(uid)
         log.info("pod %s/%s exited with %d", item.namespace, item.name, code)
-        pod = self.read(item)
-        if pod is None:
-            return
-        if pod["metadata"].get("deletionTimestamp"):
-            self.remove(pod)
-            return
-        exit_code = 128 + -code if code < 0 else code
-        phase = "Succeeded" if code == 0 and not item.reason else "Failed"
-        self.set_status(pod, phase, item, exit_code=exit_code, reason=item.reason)
 
     def read(self, item: Running) -> dict[str, Any] | None:
         try:

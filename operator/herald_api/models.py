@@ -221,12 +221,19 @@ class CampaignSpec(ApiModel):
         description="When delivery may happen; none means any time.")
     resume_every: Literal[RESUME_EVERY] = Field(  # type: ignore[valid-type]
         default="15m", description="How soon a run follows one that ended inside a window.")
-    audience: Audience
-    message: Message
+    audience: Audience = Field(description=(
+        "Who gets the message: inline entries, then ConfigMap keys, then Secret keys (CSV with "
+        "an email column, or JSON lines); repeats after case-folding are one recipient."))
+    message: Message = Field(description=(
+        "What is sent: From, subject, a text and/or HTML Jinja2 template, headers, variables."))
     # default {} lets a campaign use the install's default relay (see with_default_relay)
-    smtp: Smtp = Field(default_factory=Smtp, json_schema_extra={"default": {}})
+    smtp: Smtp = Field(default_factory=Smtp, json_schema_extra={"default": {}}, description=(
+        "The relay messages are handed to; without host, the install's default relay."))
     # default {} lets the API server fill in every delivery default before CEL reads them
-    delivery: Delivery = Field(default_factory=Delivery, json_schema_extra={"default": {}})
+    delivery: Delivery = Field(
+        default_factory=Delivery, json_schema_extra={"default": {}}, description=(
+            "How: the guarantee (AtMostOnce never resends an ambiguous outcome), dedupe key, "
+            "attempts, rate across all pods, pods per run, lease."))
 
     @model_validator(mode="after")
     def _lease_outlives_two_timeouts(self) -> CampaignSpec:

@@ -184,9 +184,11 @@ def events_of(old: dict[str, Any], new: dict[str, Any], generation: int
                            ("Halted", "Halted", "HaltLifted")):
         before, after = is_true(old_conditions, type_), is_true(new_conditions, type_)
         if before != after:
+            why = next((c["message"] for c in new_conditions if c["type"] == type_), "")
             events.append(("Warning" if after and type_ == "Halted" else "Normal",
                            on if after else off,
-                           "delivery stopped" if after else "delivery may go on"))
+                           (f"delivery stopped: {why}" if why else "delivery stopped")
+                           if after else "delivery may go on"))
     invalid = next(c for c in new_conditions if c["type"] == "Invalid")
     old_invalid = [c for c in old_conditions if c.get("type") == "Invalid"]
     if invalid["status"] == "True" and (
@@ -257,13 +259,13 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
         for obj in desired:
             kube.apply(obj)
     wanted = {obj["metadata"]["name"] for obj in desired}
-    running = False
     for existing in kube.owned("batch/v1", "CronJob", namespace, namespace, name):
         cj_name = existing["metadata"]["name"]
         if cj_name not in wanted:
             kube.delete("batch/v1", "CronJob", cj_name, namespace)
-        elif (existing.get("status") or {}).get("active"):
-            running = True
+    # Jobs carry the CronJobs' labels, also those a person made with `create job --from`.
+    running = any((job.get("status") or {}).get("active")
+                  for job in kube.owned("batch/v1", "Job", namespace, namespace, name))
 
     zone = ZoneInfo(spec.time_zone) if spec and not problem else None
     facts = Facts(

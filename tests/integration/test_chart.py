@@ -133,6 +133,8 @@ def test_install_upgrade_operate_and_uninstall(cluster: ControlPlane, tmp_path: 
                      "deliveryhalt.herald.dev/cluster", "clusterkopfpeering.kopf.dev/herald"):
         assert expected in installed
     password = operator_env(cluster)["HERALD_JOB_REDIS_URL"]
+    halt = ["patch", "deliveryhalt", "cluster", "--type", "merge", "-p"]
+    cluster.kubectl(*halt, '{"spec":{"halted":true,"reason":"INC-7"}}')
 
     helm("upgrade", RELEASE, str(CHART), "-n", NS, "-f", str(CHART / "values-dev.yaml"),
          "--set", "operator.replicas=2", "--set", "operator.resyncSeconds=3", cp=cluster)
@@ -140,6 +142,9 @@ def test_install_upgrade_operate_and_uninstall(cluster: ControlPlane, tmp_path: 
     assert after["spec"]["replicas"] == 2
     assert "--resync-seconds=3" in after["spec"]["template"]["spec"]["containers"][0]["args"]
     assert operator_env(cluster)["HERALD_JOB_REDIS_URL"] == password, "the password is kept"
+    spec = json.loads(cluster.kubectl("get", "deliveryhalt", "cluster", "-o", "json"))["spec"]
+    assert spec == {"halted": True, "reason": "INC-7"}, "an upgrade never lifts a halt"
+    cluster.kubectl(*halt, '{"spec":{"halted":false}}')
 
     # The operator, run here as installed (the chart's ServiceAccount, so its RBAC, and the
     # Deployment's arguments and environment), reconciles a campaign that relies on the

@@ -4,6 +4,9 @@ their own ServiceAccount's token and their environment, reports phases, stops th
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -166,3 +169,23 @@ def test_a_missing_secret_keeps_the_pod_waiting_with_the_reason(
     state = wait_for(waiting, timeout=30)
     assert state.reason == "CreateContainerConfigError"
     assert "'probe'" in state.message
+
+
+def test_stopping_the_executor_leaves_no_process_of_any_pod(
+    executor: Path, delivery: Delivery, capture: Mailbox
+) -> None:
+    campaign_and_probe_sources(delivery, capture)
+    stubborn = ["sh", "-c", "trap '' TERM; sleep 2971 & sleep 2972; wait"]
+    core = client.CoreV1Api(delivery.api)
+    core.create_namespaced_pod(delivery.ns, pod("stubborn", "herald-job-notice", stubborn))
+    wait_for(lambda: phase(delivery.api, delivery.ns, "stubborn") == "Running", timeout=60)
+
+    def sleeping() -> list[str]:
+        done = subprocess.run(["pgrep", "-f", "^sleep 297[12]$"], capture_output=True, text=True)
+        return done.stdout.split()
+
+    wait_for(lambda: len(sleeping()) == 2, timeout=10, interval=0.1)
+    pid = int((executor / "local-executor.pid").read_text())
+    os.kill(pid, signal.SIGTERM)  # as `herald dev down` does
+    wait_for(lambda: not sleeping(), timeout=15, interval=0.2)
+    assert phase(delivery.api, delivery.ns, "stubborn") == "Failed"

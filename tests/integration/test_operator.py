@@ -154,6 +154,15 @@ def test_suspend_and_resume_round_trip(operator: Service, k8s: Cluster) -> None:
     assert len(k8s.events("Resumed")) == 1
 
 
+def test_a_run_started_by_hand_shows_as_running(operator: Service, k8s: Cluster) -> None:
+    k8s.apply(campaign("notice"))
+    assert k8s.settled("notice")["phase"] == "Scheduled"
+    k8s.cp.kubectl("create", "job", "--from=cronjob/notice-w0", "notice-now", "-n", k8s.ns)
+    wait_for(lambda: k8s.status("notice").get("phase") == "Running", 30)  # its pod waits
+    k8s.cp.kubectl("delete", "job", "notice-now", "-n", k8s.ns)
+    wait_for(lambda: k8s.status("notice").get("phase") == "Scheduled", 30)
+
+
 def test_cluster_halt_stops_every_campaign_and_its_undo_resumes_them(
     operator: Service, k8s: Cluster, api: client.ApiClient, request: pytest.FixtureRequest
 ) -> None:
@@ -174,7 +183,7 @@ def test_cluster_halt_stops_every_campaign_and_its_undo_resumes_them(
         "True", "ClusterHalt", "incident 42")
     k8s.cp.kubectl(*halt, '{"spec":{"halted":false}}')
     wait_for(lambda: k8s.status("one").get("phase") == "Scheduled", 30)
-    assert [e.message for e in k8s.events("Halted")] == ["delivery stopped"] * 2
+    assert [e.message for e in k8s.events("Halted")] == ["delivery stopped: incident 42"] * 2
     # Undoing the halt leaves a campaign's own suspend alone.
     wait_for(lambda: k8s.status("two").get("phase") == "Suspended", 30)
     cronjobs = k8s.cronjobs()

@@ -48,9 +48,17 @@ app.kubernetes.io/component: {{ index . 1 }}
 - apiGroups: [herald.dev]
   resources: [notificationcampaigns/status]
   verbs: [get, patch]
+# Owned objects block their campaign's deletion until collected (blockOwnerDeletion).
+- apiGroups: [herald.dev]
+  resources: [notificationcampaigns/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [cronjobs]
   verbs: [get, list, watch, create, patch, update, delete]
+# A run's Job is active: phase Running (also for Jobs made with kubectl create job --from).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, list, watch, create, patch, update, delete]
