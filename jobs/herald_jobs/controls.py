@@ -118,6 +118,11 @@ class Controls:
             if watched.thread.is_alive():
                 watched.thread.join(WATCH_SECONDS + 4)
 
+    def recorded_handovers(self, ledger_id: str) -> int:
+        """status.ledger's handovers, as last watched, when it is a record of `ledger_id`."""
+        record = ((self.campaign.obj or {}).get("status") or {}).get("ledger") or {}
+        return int(record.get("handovers", 0)) if record.get("id") == ledger_id else 0
+
     def reason(self) -> str:
         """Why the run must stop now, or '' to go on."""
         if self.signalled:
@@ -134,6 +139,8 @@ class Controls:
             return "Suspended"
         if campaign["metadata"].get("generation") != self.generation:
             return "SpecChanged"
+        if (campaign.get("status") or {}).get("ledgerLoss"):
+            return "LedgerLost"  # another pod found the ledger lost
         if self.windows and (self.window_end is None or now() >= self.window_end):
             return "WindowClosed"
         return ""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -183,23 +184,27 @@ return out
 # The send path's two steps, as functions over the same eight KEYS:
 # ledger, leases, holders, queue, counts, recipients, stop, identity.
 #
-# mark(identity, token, ledger id, handovers seen): the fenced mark, pending → handing, only
-# under the caller's unexpired lease, while no pod has seen a stop (suspend, halt) and while
-# the ledger is still the one the run checked (herald_jobs.loss): the same id, and at least
-# as many handovers as the caller has seen (an older copy restored under it is a loss).
-# Counts the handover. Returns {'ok', attempts, handovers} | {'lost'} | {'stopped', reason}
-# | {'done', state}.
+# mark(identity, token, ledger id, handovers seen, lane, lane's marks): the fenced mark,
+# pending → handing, only under the caller's unexpired lease, while no pod has seen a stop
+# (suspend, halt) and while the ledger is still the one the run checked (herald_jobs.loss):
+# the same id, at least as many handovers as the caller knows of, and the caller's own
+# count of marks (one per SMTP session: a lane marks one message at a time) exactly as it
+# left it. An older copy restored under a run fails the last test for every lane that
+# marked since the copy was taken, however far others have pushed the shared counter back
+# up. Counts the handover.
+# Returns {'ok', attempts, handovers} | {'lost'} | {'stopped', reason} | {'done', state}.
 #
 # record(identity, token, outcome, reason, guarantee, max attempts, requeue delay ms,
 #        uses an attempt '1'/'0', retention seconds): records an outcome for a recipient the
 # caller holds. A late `sent` for a recipient another pod already declared unknown (same
 # token) still counts: it is the truth. Returns the new state, or 'stale'.
 _SEND_PATH = _PRELUDE + """
-local function mark(id, token, ledger_id, seen)
+local function mark(id, token, ledger_id, seen, lane, lane_marks)
   local stop = redis.call('GET', KEYS[7])
   if stop then return {'stopped', stop} end
-  local ledger = redis.call('HMGET', KEYS[8], 'id', 'handovers')
-  if ledger[1] ~= ledger_id or tonumber(ledger[2] or '0') < tonumber(seen) then
+  local ledger = redis.call('HMGET', KEYS[8], 'id', 'handovers', lane)
+  if ledger[1] ~= ledger_id or tonumber(ledger[2] or '0') < tonumber(seen)
+      or tonumber(ledger[3] or '0') ~= tonumber(lane_marks) then
     return {'stopped', 'LedgerLost'}
   end
   if redis.call('HGET', KEYS[3], id) ~= token then return {'lost'} end
@@ -217,6 +222,7 @@ local function mark(id, token, ledger_id, seen)
   e.t = token
   e.u = now_ms()
   put_entry(KEYS[1], id, e)
+  redis.call('HINCRBY', KEYS[8], lane, 1)
   return {'ok', e.a, redis.call('HINCRBY', KEYS[8], 'handovers', 1)}
 end
 
@@ -271,12 +277,12 @@ local function record(id, token, outcome, reason, guarantee, max_attempts, delay
   return e.s
 end
 """
-_MARK = _SEND_PATH + "return mark(unpack(ARGV, 1, 4))"
+_MARK = _SEND_PATH + "return mark(unpack(ARGV, 1, 6))"
 _RECORD = _SEND_PATH + "return record(unpack(ARGV, 1, 9))"
 # The previous message's outcome and the next message's mark in one round trip.
 _RECORD_THEN_MARK = _SEND_PATH + """
 local state = record(unpack(ARGV, 1, 9))
-local marked = mark(unpack(ARGV, 10, 13))
+local marked = mark(unpack(ARGV, 10, 15))
 return {state, marked}
 """
 
@@ -341,6 +347,14 @@ class Record:
     delay_ms: int | None = None  # when a requeued recipient is due (default: backoff)
 
 
+@dataclass
+class Lane:
+    """One SMTP session's own count of marks, kept in the ledger's identity hash too."""
+
+    field: str
+    marks: int = 0
+
+
 @dataclass(frozen=True)
 class Policy:
     guarantee: str
@@ -361,6 +375,7 @@ class Ledger:
         # handovers seen in it since: a mark that finds fewer finds an older copy.
         self.ledger_id = ledger_id
         self.handovers_seen = handovers
+        self.lanes: list[Lane] = []
         self._seed = client.register_script(_SEED)
         self._claim = client.register_script(_CLAIM)
         self._mark = client.register_script(_MARK)
@@ -420,7 +435,13 @@ class Ledger:
         return [done.item.identity, done.item.token, done.outcome, done.reason[:500],
                 p.guarantee, p.max_attempts, delay, int(done.uses_attempt), RETENTION_SECONDS]
 
-    async def mark(self, item: Claimed, previous: Record | None = None
+    def lane(self) -> Lane:
+        """A new lane for one SMTP session of this run (see the send path's mark)."""
+        lane = Lane(f"lane:{secrets.token_hex(6)}")
+        self.lanes.append(lane)
+        return lane
+
+    async def mark(self, item: Claimed, lane: Lane, previous: Record | None = None
                    ) -> tuple[str, str, str | None]:
         """The fenced mark: ('ok' | 'lost' | 'stopped' | 'done', its detail: the attempt,
         the stop's reason or the state found; the previous outcome's state).
@@ -429,7 +450,8 @@ class Ledger:
         send path costs one Redis round trip per message.
         """
         state = None
-        mark_args: list[Any] = [item.identity, item.token, self.ledger_id, self.handovers_seen]
+        mark_args: list[Any] = [item.identity, item.token, self.ledger_id, self.handovers_seen,
+                                lane.field, lane.marks]
         if previous is None:
             out = await self._mark(keys=self._send_keys, args=mark_args)
         else:
@@ -437,6 +459,7 @@ class Ledger:
                 keys=self._send_keys, args=[*self._record_args(previous), *mark_args])
         if len(out) > 2:
             self.handovers_seen = max(self.handovers_seen, int(out[2]))
+            lane.marks += 1
         detail = _text(out[1]) if len(out) > 1 else ""
         return _text(out[0]), detail, None if state is None else _text(state)
 
@@ -469,11 +492,19 @@ class Ledger:
         return {_text(key): int(value) for key, value in raw.items()}
 
     async def still_ours(self) -> bool:
-        """Whether the ledger is still the one the run checked (herald_jobs.loss), with
-        at least the handovers seen since."""
-        found, handovers = await self.redis.hmget(self.keys.identity, ["id", "handovers"])
+        """Whether the ledger is still the one the run checked (herald_jobs.loss): the
+        same id, at least the handovers seen since, every lane's marks all there."""
+        found, handovers, *lanes = await self.redis.hmget(
+            self.keys.identity, ["id", "handovers", *(lane.field for lane in self.lanes)])
         return (found is not None and _text(found) == self.ledger_id
-                and int(handovers or 0) >= self.handovers_seen)
+                and int(handovers or 0) >= self.handovers_seen
+                and all(int(n or 0) == lane.marks for n, lane in zip(lanes, self.lanes,
+                                                                      strict=True)))
+
+    async def forget_lanes(self) -> None:
+        """At the end of a run: its lanes' counts are no longer needed."""
+        if self.lanes:
+            await self.redis.hdel(self.keys.identity, *(lane.field for lane in self.lanes))
 
     async def counts_and_identity(self) -> tuple[dict[str, int], dict[str, str]]:
         """The counts and the ledger's identity as of one moment."""

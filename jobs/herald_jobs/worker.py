@@ -29,7 +29,7 @@ from herald_jobs.audience import AudienceReader
 from herald_jobs.controls import Controls
 from herald_jobs.keys import CampaignKeys
 from herald_jobs.kube import CampaignSource
-from herald_jobs.ledger import Claimed, Ledger, Policy, Record
+from herald_jobs.ledger import Claimed, Lane, Ledger, Policy, Record
 from herald_jobs.loss import LedgerCheck, check_ledger
 from herald_jobs.mailer import Outcome, Session
 from herald_jobs.render import MessageFactory, RenderError
@@ -140,7 +140,7 @@ class RunState:
 
 
 # Stops that hold for every pod of the campaign, announced in Redis for the marks of all.
-SHARED_STOPS = ("Suspended", "Halted", "Deleted")
+SHARED_STOPS = ("Suspended", "Halted", "Deleted", "LedgerLost")
 
 
 class Run:
@@ -211,6 +211,7 @@ class Run:
         return True
 
     async def _claim_and_send(self, session: Session) -> None:
+        lane = self.ledger.lane()  # this session marks one message at a time
         relay_failures = 0
         tokens = [0]  # this session's unused rate tokens
         while not await self.stopping():
@@ -231,7 +232,7 @@ class Run:
                             await self.ledger.record(Record(rest, "release", "run stopped",
                                                             delay_ms=0))
                         break
-                    outcome, carry = await self._send_one(session, item, carry)
+                    outcome, carry = await self._send_one(session, lane, item, carry)
                     relay_failures = relay_failures + 1 if outcome is Outcome.RELAY else 0
                     if outcome is Outcome.RELAY:
                         if carry is not None:
@@ -247,7 +248,8 @@ class Run:
                 self.state.relay_gave_up += 1
                 return
 
-    async def _send_one(self, session: Session, item: Claimed, carry: Record | None
+    async def _send_one(self, session: Session, lane: Lane, item: Claimed,
+                        carry: Record | None
                         ) -> tuple[Outcome, Record | None]:
         """Offer one message; returns the SMTP outcome and the record it still owes.
 
@@ -275,17 +277,26 @@ class Run:
             if await self.stopping():  # checked right before every handover
                 return False
             previous, carry = carry, None
+            # What status records of the ledger is known too: a pod that has not marked
+            # for a while still refuses a copy older than what its peers wrote there.
+            self.ledger.handovers_seen = max(self.ledger.handovers_seen,
+                                             self.controls.recorded_handovers(
+                                                 self.ledger.ledger_id))
             try:
-                status, detail, _ = await self.ledger.mark(item, previous)
+                status, detail, _ = await self.ledger.mark(item, lane, previous)
             except RedisError as err:
                 # Unconfirmed is not marked: the data is not sent. If the mark did land,
                 # a takeover later records the recipient as unknown, never as sendable.
+                # This pod no longer knows its own count of marks: it stops.
                 log.error("mark unconfirmed", extra={"recipient_hash": item.identity_hash,
                                                      "error": str(err)})
+                self.state.stop_reason = self.state.stop_reason or "LedgerUnavailable"
                 return False
             marked = status == "ok"
             if status == "stopped" and not self.state.stop_reason:
                 self.state.stop_reason = detail  # seen first by another pod, or LedgerLost
+                if detail == "LedgerLost":  # every pod's next mark refuses too
+                    await self.ledger.announce_stop(detail)
             return marked
 
         result = await session.send(rendered.envelope_from, address, rendered.data, mark)
@@ -348,7 +359,9 @@ async def settle_ledger(client: aioredis.Redis, source: CampaignSource,
     status = body.get("status") or {}
     if check.result == "lost":
         loss = status.get("ledgerLoss") or {}
-        if loss.get("expected") != check.recorded or not loss.get("id"):
+        if (loss.get("expected") != check.recorded
+                or loss.get("found") != (check.record if check.id else None)):
+            # A new loss, or Redis changed since this one was shown: a new id to acknowledge.
             loss = {"id": secrets.token_hex(8), "reason": check.reason(),
                     "detectedAt": stamp(dt.datetime.now(dt.UTC)), "expected": check.recorded,
                     "found": check.record if check.id else None}
@@ -359,6 +372,8 @@ async def settle_ledger(client: aioredis.Redis, source: CampaignSource,
             f"{check.reason()}. Nothing is sent: recipients the lost ledger knew could get the "
             f"message again. Restore the ledger, or accept that risk with: {command}")
     elif check.result == "adopted":
+        if (status.get("ledger") or {}).get("id") == check.id:
+            return check  # a peer of this run adopted it and said so
         # Counts start again with the adopted ledger: what the lost one counted is gone.
         await asyncio.to_thread(source.patch_status, {
             "ledger": check.record, "ledgerLoss": None, "countsVersion": 0})
@@ -367,8 +382,8 @@ async def settle_ledger(client: aioredis.Redis, source: CampaignSource,
             f"delivery goes on with the ledger found, now ledger {check.id} with "
             f"{check.handovers} handovers; recipients it does not know as sent may get the "
             "message again")
-    elif status.get("ledger") is None or status.get("ledgerLoss"):
-        await asyncio.to_thread(source.patch_status, {"ledger": check.record, "ledgerLoss": None})
+    elif status.get("ledger") is None:
+        await asyncio.to_thread(source.patch_status, {"ledger": check.record})
     return check
 
 
@@ -461,6 +476,8 @@ async def _deliver(source: CampaignSource, body: dict[str, Any], spec: CampaignS
     if not await ledger.still_ours():  # gone while the run was between batches, too
         state.stop_reason = "LedgerLost"
     await writer.write(sent(), result=state.stop_reason or "Done")
+    with contextlib.suppress(RedisError):
+        await ledger.forget_lanes()
     counts = await ledger.counts()
     totals = ", ".join(f"{f} {counts.get(f, 0)}" for f in ("sent", "failed", "unknown", "pending"))
     await asyncio.to_thread(

@@ -54,7 +54,7 @@ async def test_a_mark_is_refused_once_the_lease_has_expired(client: aioredis.Red
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
     await asyncio.sleep(0.4)
-    assert await ledger.mark(item) == ("lost", "", None)
+    assert await ledger.mark(item, ledger.lane()) == ("lost", "", None)
     assert (await ledger.entry("a"))["s"] == "pending"
 
 
@@ -65,8 +65,8 @@ async def test_a_taken_over_recipient_refuses_the_first_holder(client: aioredis.
     await asyncio.sleep(0.4)
     [second] = await ledger.claim(10)  # the lease expired: another pod takes it
     assert second.token != first.token
-    assert (await ledger.mark(first))[0] == "lost"
-    assert (await ledger.mark(second))[0] == "ok"
+    assert (await ledger.mark(first, ledger.lane()))[0] == "lost"
+    assert (await ledger.mark(second, ledger.lane()))[0] == "ok"
 
 
 @pytest.mark.parametrize(("guarantee", "after"), [("AtMostOnce", "unknown"),
@@ -78,7 +78,8 @@ async def test_takeover_of_a_handed_over_recipient(
     await seeded(ledger, "a", "b")
     first, second = await ledger.claim(10)
     assert second.identity == "b"
-    assert (await ledger.mark(first))[0] == "ok"  # a was handed over, then the pod died
+    # a was handed over, then the pod died
+    assert (await ledger.mark(first, ledger.lane()))[0] == "ok"
     await asyncio.sleep(0.4)
     taken = await ledger.claim(10)
     assert (await ledger.entry("a"))["s"] == after
@@ -93,7 +94,7 @@ async def test_a_late_sent_from_the_first_holder_still_counts(client: aioredis.R
     ledger = make(client, lease_ms=300)
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
-    await ledger.mark(item)
+    await ledger.mark(item, ledger.lane())
     await asyncio.sleep(0.4)
     await ledger.claim(10)  # takeover: a becomes unknown
     assert await ledger.record(Record(item, "sent")) == "sent"
@@ -105,7 +106,7 @@ async def test_unknown_is_terminal_under_at_most_once(client: aioredis.Redis) ->
     ledger = make(client)
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
-    await ledger.mark(item)
+    await ledger.mark(item, ledger.lane())
     assert await ledger.record(Record(item, "unknown", "after data: timeout")) == "unknown"
     assert await ledger.claim(10) == []
     assert not await ledger.unfinished()
@@ -116,7 +117,7 @@ async def test_at_least_once_retries_unknown_up_to_max_attempts(client: aioredis
     await seeded(ledger, "a")
     for expected in ("pending", "unknown"):
         [item] = await ledger.claim(10)
-        assert (await ledger.mark(item))[0] == "ok"
+        assert (await ledger.mark(item, ledger.lane()))[0] == "ok"
         assert await ledger.record(Record(item, "unknown", "after data: timeout")) == expected
     assert (await ledger.entry("a"))["a"] == 2
 
@@ -145,7 +146,7 @@ async def test_a_sent_recipient_is_never_marked_again(client: aioredis.Redis) ->
     ledger = make(client)
     await seeded(ledger, "a")
     [item] = await ledger.claim(10)
-    await ledger.mark(item)
+    await ledger.mark(item, ledger.lane())
     await ledger.record(Record(item, "sent"))
     await seeded(ledger, "a")  # a new seeding of the same audience version adds nothing
     assert await ledger.claim(10) == []
@@ -158,8 +159,8 @@ async def test_the_previous_outcome_and_the_next_mark_share_one_call(
     ledger = make(client)
     await seeded(ledger, "a", "b")
     first, second = await ledger.claim(10)
-    assert (await ledger.mark(first))[0] == "ok"
-    assert await ledger.mark(second, Record(first, "sent")) == ("ok", "1", "sent")
+    assert (await ledger.mark(first, ledger.lane()))[0] == "ok"
+    assert await ledger.mark(second, ledger.lane(), Record(first, "sent")) == ("ok", "1", "sent")
     assert (await ledger.entry("a"))["s"] == "sent"
     assert (await ledger.entry("b"))["s"] == "handing"
 
@@ -170,14 +171,28 @@ async def test_marks_count_handovers_and_stop_when_the_ledger_is_not_the_checked
     ledger = make(client)
     await seeded(ledger, "a", "b", "c")
     a, b, c = await ledger.claim(10)
-    assert (await ledger.mark(a))[0] == "ok"
-    assert (await ledger.mark(b, Record(a, "sent")))[0] == "ok"
+    assert (await ledger.mark(a, ledger.lane()))[0] == "ok"
+    assert (await ledger.mark(b, ledger.lane(), Record(a, "sent")))[0] == "ok"
     assert await client.hget(KEYS.identity, "handovers") == b"2"
     await client.hset(KEYS.identity, "handovers", 1)  # an older copy restored under the run
-    assert await ledger.mark(c) == ("stopped", "LedgerLost", None)
+    assert await ledger.mark(c, ledger.lane()) == ("stopped", "LedgerLost", None)
     assert not await ledger.still_ours()
     await client.hset(KEYS.identity, mapping={"handovers": 2, "id": "another"})
-    assert await ledger.mark(c) == ("stopped", "LedgerLost", None)
+    assert await ledger.mark(c, ledger.lane()) == ("stopped", "LedgerLost", None)
     await client.delete(KEYS.identity)  # Redis lost it
-    assert (await ledger.mark(c))[:2] == ("stopped", "LedgerLost")
+    assert (await ledger.mark(c, ledger.lane()))[:2] == ("stopped", "LedgerLost")
     assert (await ledger.entry("c"))["s"] == "pending"
+
+
+async def test_a_lane_refuses_when_its_own_marks_were_rewound(client: aioredis.Redis) -> None:
+    ledger = make(client)
+    await seeded(ledger, "a", "b", "c")
+    a, b, c = await ledger.claim(10)
+    lane = ledger.lane()
+    assert (await ledger.mark(a, lane))[0] == "ok"
+    copy = await client.dump(KEYS.identity)  # a snapshot taken after a, before b
+    assert (await ledger.mark(b, lane, Record(a, "sent")))[0] == "ok"
+    await client.restore(KEYS.identity, 0, copy, replace=True)
+    await client.hincrby(KEYS.identity, "handovers", 5)  # other pods push the counter past
+    assert await ledger.mark(c, lane) == ("stopped", "LedgerLost", None)
+    assert await ledger.mark(c, ledger.lane()) != ("stopped", "LedgerLost", None)  # a new lane

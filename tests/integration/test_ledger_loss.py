@@ -3,6 +3,8 @@ one halts the campaign (LedgerLost) until a person acknowledges it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -173,19 +175,62 @@ def test_an_older_copy_restored_during_a_run_stops_it(
     assert max(per_recipient(capture).values()) == 1
 
 
-def test_an_acknowledgement_names_one_loss_only(delivery: Delivery, capture: Mailbox) -> None:
-    delivery.campaign("notice", capture, audience={"inline": FIVE})
+def acknowledge(delivery: Delivery, name: str) -> str:
+    loss_id = str(status_of(delivery, name)["ledgerLoss"]["id"])
+    delivery.cp.kubectl("annotate", "nc", name, "-n", delivery.ns, "--overwrite",
+                        f"{LEDGER_LOSS_ACK}={loss_id}")
+    return loss_id
+
+
+def test_an_acknowledgement_covers_only_what_the_person_was_shown(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(10)})
+    delivery.campaign("notice", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]})
     assert delivery.run("notice")[0] == 0
-    backup = snapshot(delivery, "notice")
-    restore(delivery, "notice", {})  # lost
+    ten = snapshot(delivery, "notice")
+    client.CoreV1Api(delivery.api).patch_namespaced_config_map("recipients", delivery.ns, {
+        "data": {"recipients.csv": csv_audience(20)}})
+    assert delivery.run("notice")[0] == 0
+    twenty = snapshot(delivery, "notice")
+    restore(delivery, "notice", ten)  # an older copy: ten people at risk
     assert '"result": "LedgerLost"' in delivery.run("notice")[1]
-    loss = status_of(delivery, "notice")["ledgerLoss"]
-    delivery.cp.kubectl("annotate", "nc", "notice", "-n", delivery.ns,
-                        f"{LEDGER_LOSS_ACK}={loss['id']}")
-    restore(delivery, "notice", backup)  # found after all: the next run just goes on
+    shown = acknowledge(delivery, "notice")
+    restore(delivery, "notice", {})  # lost again before the next run: all twenty at risk
+    assert '"result": "LedgerLost"' in delivery.run("notice")[1]
+    assert status_of(delivery, "notice")["ledgerLoss"]["id"] != shown
+    assert len(capture.journal()) == 20, "the acknowledgement covered a loss nobody saw"
+
+    # The real ledger restored: still a loss until acknowledged, then adopted as it is.
+    restore(delivery, "notice", twenty)
+    assert '"result": "LedgerLost"' in delivery.run("notice")[1]
+    acknowledge(delivery, "notice")
     assert '"result": "Done"' in delivery.run("notice")[1]
     assert "ledgerLoss" not in status_of(delivery, "notice")
-    restore(delivery, "notice", {})  # a new loss: the annotation left behind does not cover it
-    assert '"result": "LedgerLost"' in delivery.run("notice")[1]
-    assert len(capture.journal()) == 5
-    assert status_of(delivery, "notice")["ledgerLoss"]["id"] != loss["id"]
+    assert len(capture.journal()) == 20
+
+
+def test_an_older_copy_restored_under_three_pods_resends_nothing(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(300)})
+    delivery.campaign("notice", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]},
+        delivery={"leaseSeconds": 4, "backoffSeconds": 1, "ratePerSecond": 30})
+    workers = [delivery.start("notice") for _ in range(3)]
+    wait_for(lambda: len(capture.journal()) >= 20, timeout=60, interval=0.05)
+    os.kill(workers[0].pid, signal.SIGSTOP)  # a pod that has not marked for a while
+    try:
+        wait_for(lambda: len(capture.journal()) >= 50, timeout=60, interval=0.05)
+        backup = snapshot(delivery, "notice")
+        wait_for(lambda: len(capture.journal()) >= 75, timeout=60, interval=0.05)
+        restore(delivery, "notice", backup)  # the other pods push the counter back up
+    finally:
+        os.kill(workers[0].pid, signal.SIGCONT)
+    assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
+    received = per_recipient(capture)
+    print(f"{len(capture.journal())} handed over; most to one person: {max(received.values())}")
+    assert max(received.values()) == 1
+    assert '"result": "LedgerLost"' in delivery.run("notice")[1]  # and it stays halted
+    assert max(per_recipient(capture).values()) == 1
