@@ -134,7 +134,9 @@ class Mailbox:
         path = self.dir / "journal.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        # The server may be writing a line right now: only complete lines count.
+        text = path.read_text()
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
     def messages(self) -> list[EmailMessage]:
         return [

@@ -22,6 +22,7 @@ from kubernetes import client, watch
 
 from herald_api import GROUP, VERSION
 from herald_api.models import HALT_NAME, Window
+from herald_api.names import LEDGER_LOSS_ACK
 from herald_api.windows import open_until
 
 log = logging.getLogger("herald.job")
@@ -139,7 +140,9 @@ class Controls:
             return "Suspended"
         if campaign["metadata"].get("generation") != self.generation:
             return "SpecChanged"
-        if (campaign.get("status") or {}).get("ledgerLoss"):
+        loss = (campaign.get("status") or {}).get("ledgerLoss") or {}
+        acknowledged = (campaign["metadata"].get("annotations") or {}).get(LEDGER_LOSS_ACK)
+        if loss and loss.get("id") != acknowledged:
             return "LedgerLost"  # another pod found the ledger lost
         if self.windows and (self.window_end is None or now() >= self.window_end):
             return "WindowClosed"

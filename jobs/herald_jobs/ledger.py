@@ -353,6 +353,7 @@ class Lane:
 
     field: str
     marks: int = 0
+    unsure: bool = False  # a mark whose answer was lost: the count may be one more
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,8 @@ class Ledger:
         self._take_tokens = client.register_script(_TAKE_TOKENS)
         self._withdraw = client.register_script(_WITHDRAW)
         self._renew = client.register_script(_RENEW)
+        self._clear_stop = client.register_script(
+            "if redis.call('GET', KEYS[1]) ~= 'LedgerLost' then redis.call('DEL', KEYS[1]) end")
 
     async def seed(self, audience_version: str,
                    batch: Iterable[tuple[str, dict[str, Any] | None, str]]) -> int:
@@ -484,8 +487,9 @@ class Ledger:
         await self.redis.set(self.keys.stop, reason)
 
     async def clear_stop(self) -> None:
-        """A run that has confirmed it may send lifts an earlier stop."""
-        await self.redis.delete(self.keys.stop)
+        """A run that has confirmed it may send lifts an earlier suspend or halt; a stop
+        for a lost ledger stays until that loss is acknowledged (herald_jobs.loss)."""
+        await self._clear_stop(keys=[self.keys.stop])
 
     async def counts(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.counts)
@@ -499,7 +503,8 @@ class Ledger:
         return (found is not None and _text(found) == self.ledger_id
                 and int(handovers or 0) >= self.handovers_seen
                 and all(int(n or 0) == lane.marks for n, lane in zip(lanes, self.lanes,
-                                                                      strict=True)))
+                                                                      strict=True)
+                        if not lane.unsure))
 
     async def forget_lanes(self) -> None:
         """At the end of a run: its lanes' counts are no longer needed."""

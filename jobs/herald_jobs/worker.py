@@ -291,6 +291,7 @@ class Run:
                 log.error("mark unconfirmed", extra={"recipient_hash": item.identity_hash,
                                                      "error": str(err)})
                 self.state.stop_reason = self.state.stop_reason or "LedgerUnavailable"
+                lane.unsure = True
                 return False
             marked = status == "ok"
             if status == "stopped" and not self.state.stop_reason:
@@ -349,34 +350,41 @@ async def choose_dedupe_key(client: aioredis.Redis, namespace: str, name: str,
 
 
 async def settle_ledger(client: aioredis.Redis, source: CampaignSource,
-                        body: dict[str, Any], known: dict[str, Any] | None = None
-                        ) -> LedgerCheck:
+                        body: dict[str, Any], known: dict[str, Any] | None = None,
+                        seen_lost: bool = False) -> LedgerCheck:
     """Check the ledger against the campaign's record (herald_jobs.loss), or what this run
     saw of it (`known`), and say so in status and Events; the record is in status before
-    anything is sent."""
+    anything is sent. `seen_lost`: this run saw the ledger change under it (its own marks
+    gone, another id, a stop for a loss), which stands even if the counter has since grown
+    back past what it knew."""
     check = await check_ledger(client, CampaignKeys(source.namespace, source.name, ""), body,
                                known)
     status = body.get("status") or {}
-    if check.result == "lost":
+    if check.result == "lost" or (seen_lost and not status.get("ledgerLoss")):
+        reason = check.reason() if check.result == "lost" else (
+            "the ledger changed under a run: marks it had made were gone, or it was "
+            "replaced (an older copy restored, a failover to a replica that lagged)")
+        found = check.record if check.id else None
         loss = status.get("ledgerLoss") or {}
-        if (loss.get("expected") != check.recorded
-                or loss.get("found") != (check.record if check.id else None)):
+        if (loss.get("expected") != check.recorded or loss.get("found") != found):
             # A new loss, or Redis changed since this one was shown: a new id to acknowledge.
-            loss = {"id": secrets.token_hex(8), "reason": check.reason(),
+            loss = {"id": secrets.token_hex(8), "reason": reason,
                     "detectedAt": stamp(dt.datetime.now(dt.UTC)), "expected": check.recorded,
-                    "found": check.record if check.id else None}
+                    "found": found}
             await asyncio.to_thread(source.patch_status, {"ledgerLoss": loss})
         command = acknowledge_loss_command(source.namespace, source.name, loss["id"])
         await asyncio.to_thread(
             source.event, body, "Warning", "LedgerLost",
-            f"{check.reason()}. Nothing is sent: recipients the lost ledger knew could get the "
+            f"{loss['reason']}. Nothing is sent: recipients the lost ledger knew could get the "
             f"message again. Restore the ledger, or accept that risk with: {command}")
+        return LedgerCheck("lost", check.id, check.handovers, check.recorded)
     elif check.result == "adopted":
         if (status.get("ledger") or {}).get("id") == check.id:
             return check  # a peer of this run adopted it and said so
         # Counts start again with the adopted ledger: what the lost one counted is gone.
         await asyncio.to_thread(source.patch_status, {
             "ledger": check.record, "ledgerLoss": None, "countsVersion": 0})
+        await client.delete(CampaignKeys(source.namespace, source.name, "").stop)
         await asyncio.to_thread(
             source.event, body, "Warning", "LedgerLossAcknowledged",
             f"delivery goes on with the ledger found, now ledger {check.id} with "
@@ -421,7 +429,8 @@ async def run_job(source: CampaignSource, redis_url: str, accept_unverified: boo
             counts = await ledger.counts()
             if state.stop_reason == "LedgerLost":  # it went while this run was sending
                 await settle_ledger(client, source, await asyncio.to_thread(source.read),
-                                    {"id": ledger.ledger_id, "handovers": ledger.handovers_seen})
+                                    {"id": ledger.ledger_id, "handovers": ledger.handovers_seen},
+                                    seen_lost=True)
     finally:
         await asyncio.to_thread(controls.stop)
         loop.remove_signal_handler(signal.SIGTERM)
@@ -475,6 +484,7 @@ async def _deliver(source: CampaignSource, body: dict[str, Any], spec: CampaignS
         updates.cancel()
     if not await ledger.still_ours():  # gone while the run was between batches, too
         state.stop_reason = "LedgerLost"
+        await ledger.announce_stop(state.stop_reason)
     await writer.write(sent(), result=state.stop_reason or "Done")
     with contextlib.suppress(RedisError):
         await ledger.forget_lanes()

@@ -234,3 +234,34 @@ def test_an_older_copy_restored_under_three_pods_resends_nothing(
     assert max(received.values()) == 1
     assert '"result": "LedgerLost"' in delivery.run("notice")[1]  # and it stays halted
     assert max(per_recipient(capture).values()) == 1
+
+
+def test_a_rewind_seen_by_one_pod_halts_the_campaign_even_after_the_counter_grew_back(
+    delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.configmap("recipients", {"recipients.csv": csv_audience(400)})
+    delivery.campaign("notice", capture, audience={
+        "configMaps": [{"name": "recipients", "key": "recipients.csv"}]},
+        smtp={"host": "127.0.0.1", "port": capture.port, "security": "None",
+              "timeoutSeconds": 2, "connections": 1},
+        delivery={"leaseSeconds": 30, "backoffSeconds": 1, "ratePerSecond": 20})
+    first = delivery.start("notice")
+    wait_for(lambda: len(capture.journal()) >= 20, timeout=60, interval=0.05)
+    backup = snapshot(delivery, "notice")
+    wait_for(lambda: len(capture.journal()) >= 40, timeout=60, interval=0.05)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        restore(delivery, "notice", backup)
+        second = delivery.start("notice")  # knows nothing of what was lost
+        wait_for(lambda: len(capture.journal()) >= 80, timeout=60, interval=0.05)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)  # its own marks are gone: it says so
+    assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0
+    twice = sum(n > 1 for n in per_recipient(capture).values())
+    print(f"{twice} sent twice by the pod that could not know, before the other woke")
+    assert '"result": "LedgerLost"' in delivery.logs[0].read_text()
+    assert '"result": "LedgerLost"' in delivery.logs[1].read_text()  # stopped by the first
+    assert status_of(delivery, "notice")["ledgerLoss"]["id"]
+    before = len(capture.journal())
+    assert '"result": "LedgerLost"' in delivery.run("notice")[1]  # it stays halted
+    assert len(capture.journal()) == before
