@@ -74,8 +74,11 @@ def capture_service(workdir: Path, port: int, maildir: Path, *, faults: bool = F
 
 def smtp_sink_service(workdir: Path, port: int) -> Service:
     """Postfix's smtp-sink: accepts and discards every message, for load."""
-    argv = [_which("smtp-sink")]
+    argv = [_which("smtp-sink"), f"127.0.0.1:{port}", "256"]
     if os.geteuid() == 0:
-        argv += ["-u", "nobody"]  # it refuses to run as root without a user to switch to
-    argv += [f"127.0.0.1:{port}", "256"]
-    return Service(name="smtp-sink", argv=argv, workdir=workdir, ready=lambda: smtp_ready(port))
+        # It refuses to run as root. Dropping to nobody before it starts (rather than with
+        # its -u) keeps it dying with its parent: a change of user clears that signal.
+        argv = [_which("setpriv"), "--reuid", "nobody", "--regid", "nogroup",
+                "--clear-groups", "--pdeathsig", "KILL", *argv]
+    return Service(name="smtp-sink", argv=argv, workdir=workdir, ready=lambda: smtp_ready(port),
+                   program="smtp-sink")

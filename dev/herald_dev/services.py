@@ -70,6 +70,7 @@ class Service:
     ready: Callable[[], bool]
     env: dict[str, str] = field(default_factory=dict)
     stop_signal: int = signal.SIGTERM
+    program: str = ""  # the name it runs under, when argv[0] is a wrapper that execs it
 
     @property
     def pidfile(self) -> Path:
@@ -96,7 +97,8 @@ class Service:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         except (OSError, UnicodeDecodeError):
             return False
-        return os.path.basename(title.split(" ")[0]) == os.path.basename(self.argv[0])
+        expected = self.program or os.path.basename(self.argv[0])
+        return os.path.basename(title.split(" ")[0]) == expected
 
     def healthy(self) -> bool:
         try:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import Mailbox
+from tests.conftest import Mailbox, wait_for
 
 
 def message(to: str, subject: str = "hello") -> EmailMessage:
@@ -95,3 +98,31 @@ def test_fault_drop_after_data_disconnects_without_a_reply(fault_smtp: Mailbox) 
         smtp.send_message(message(rcpt), to_addrs=[rcpt])
     assert len(fault_smtp.messages()) == 1
     assert [e["outcome"] for e in fault_smtp.journal()] == ["dropped"]
+
+
+def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
+    """A test run killed with SIGKILL leaves no server behind (smtp-sink included, which
+    changes its user as root, and so would lose a parent-death signal set before)."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from herald_dev.servers import capture_service, smtp_sink_service\n"
+        "from herald_dev.services import free_port, start_all\n"
+        "d = Path(sys.argv[1])\n"
+        "services = [smtp_sink_service(d / 'sink', free_port()),\n"
+        "            capture_service(d / 'capture', free_port(), d / 'mail')]\n"
+        "start_all(services, attached=True)\n"
+        "print(' '.join(str(s.pid()) for s in services), flush=True)\n"
+        "import time; time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in parent.stdout.readline().split()]  # type: ignore[union-attr]
+    assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
+    parent.kill()
+    parent.wait()
+
+    def gone(pid: int) -> bool:
+        status = Path(f"/proc/{pid}/status")
+        return not status.exists() or "zombie" in status.read_text()
+
+    wait_for(lambda: all(gone(p) for p in pids), timeout=10, interval=0.1)
