@@ -75,7 +75,7 @@ class Running:
     started_at: str
     deadline: float | None  # monotonic time of activeDeadlineSeconds
     killing_at: float | None = None  # SIGKILL then, once SIGTERM was sent
-    reason: str = ""  # why it was stopped: DeadlineExceeded, or "" for a deletion
+    reason: str = ""  # why it was stopped: DeadlineExceeded, NodeShutdown, or "" (deleted)
 
 
 def field_value(pod: dict[str, Any], path: str) -> str:
@@ -93,6 +93,12 @@ def field_value(pod: dict[str, Any], path: str) -> str:
     if path not in simple:
         raise ConfigError(f"fieldRef {path!r} is not supported by the local executor")
     return str(simple[path])
+
+
+def is_job_pod(pod: dict[str, Any]) -> bool:
+    """Whether a Job controls the pod: the executor binds only the pods of Herald's Jobs."""
+    return any(ref.get("kind") == "Job" and ref.get("controller")
+               for ref in pod["metadata"].get("ownerReferences") or [])
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -165,8 +171,10 @@ class Executor:
         self.shut_down()
 
     def shut_down(self) -> None:
-        """SIGTERM every pod at once, SIGKILL what is left after the grace, report them."""
+        """SIGTERM every pod at once, SIGKILL what is left after the grace, report them
+        Failed, as a kubelet's graceful node shutdown does: they did not run to the end."""
         for item in self.running.values():
+            item.reason = "NodeShutdown"
             self.stop_process(item, grace=SHUTDOWN_GRACE_SECONDS)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         while time.monotonic() < deadline and any(
@@ -179,22 +187,28 @@ class Executor:
             self.beat(ready=False)
 
     def step(self) -> None:
-        pods = self.api.sanitize_for_serialization(
-            self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items)
-        seen = {pod["metadata"]["uid"] for pod in pods}
-        for pod in pods:
+        try:
+            pods = self.api.sanitize_for_serialization(
+                self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items)
+        except Exception:
+            # Deadlines and SIGKILLs are the node's own to keep, API or not.
+            log.exception("listing pods failed; tending the running ones")
+            pods = None
+        seen = {pod["metadata"]["uid"] for pod in pods or []}
+        for pod in pods or []:
             try:
                 self.look_at(pod)
             except Exception:  # one odd pod must not hold up the others
                 log.exception("pod %s/%s", pod["metadata"]["namespace"], pod["metadata"]["name"])
         for uid, item in list(self.running.items()):
             try:
-                self.tend(uid, item, gone=uid not in seen)
+                self.tend(uid, item, gone=pods is not None and uid not in seen)
             except Exception:
                 log.exception("pod %s/%s", item.namespace, item.name)
-        self.done &= seen
-        self.retry_at = {uid: t for uid, t in self.retry_at.items() if uid in seen}
-        self.alive.touch()
+        if pods is not None:
+            self.done &= seen
+            self.retry_at = {uid: t for uid, t in self.retry_at.items() if uid in seen}
+            self.alive.touch()
 
     def look_at(self, pod: dict[str, Any]) -> None:
         """Bind it, start it, or stop it, as its state asks."""
@@ -202,7 +216,7 @@ class Executor:
         uid = meta["uid"]
         phase = (pod.get("status") or {}).get("phase")
         if not spec.get("nodeName"):
-            if not meta.get("deletionTimestamp"):
+            if not meta.get("deletionTimestamp") and is_job_pod(pod):
                 self.bind(pod)
             return
         if spec["nodeName"] != self.node:
@@ -257,6 +271,9 @@ class Executor:
         folder = self.workdir / "pods" / meta["namespace"] / meta["name"]
         folder.mkdir(parents=True, exist_ok=True)
         try:
+            if len(spec["containers"]) > 1 or spec.get("initContainers"):
+                raise ConfigError("the local executor runs pods of one container and no "
+                                  "init containers")
             kubeconfig = self.pod_kubeconfig(pod, folder)
             env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(folder),
                    "HOSTNAME": meta["name"], "LANG": "C.UTF-8", "KUBECONFIG": str(kubeconfig),
@@ -332,9 +349,10 @@ class Executor:
         """A kubeconfig with a token for the pod's ServiceAccount, bound to the pod."""
         meta = pod["metadata"]
         account = pod["spec"].get("serviceAccountName") or "default"
-        expiry = int(pod["spec"].get("activeDeadlineSeconds") or 0) + 3600
+        # A kubelet refreshes a pod's token; the executor gives one that outlives any run
+        # (a Job's deadline is at most a day). Bound to the pod, it dies with the pod.
         request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=min(TOKEN_SECONDS, max(3600, expiry)),
+            audiences=[], expiration_seconds=TOKEN_SECONDS,
             bound_object_ref=client.V1BoundObjectReference(
                 api_version="v1", kind="Pod", name=meta["name"], uid=meta["uid"])))
         try:
@@ -436,6 +454,9 @@ class Executor:
         if reason == "DeadlineExceeded":
             status |= {"reason": reason, "message": "Pod was active on the node longer than "
                                                     "the specified deadline"}
+        elif reason == "NodeShutdown":
+            status |= {"reason": "Terminated", "message": "the local executor stopped (herald "
+                                                          "dev down) while the pod ran"}
         self._patch_status(pod, status)
 
     def _patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:

@@ -50,12 +50,14 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def pod(name: str, account: str, command: list[str], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
-        "name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, "probe": name}},
-        "spec": {"serviceAccountName": account, "restartPolicy": "Never",
-                 "containers": [{"name": "main", "image": "herald:local", "command": command,
-                                 "env": [
+def job(name: str, account: str, command: list[str], **pod_spec: Any) -> dict[str, Any]:
+    """A Job of one pod, as Herald's CronJobs make them: the executor runs only Job pods."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {
+        "backoffLimit": 0, "template": {"metadata": {"labels": {
+            "app.kubernetes.io/managed-by": MANAGED_BY, "probe": name}},
+            "spec": {"serviceAccountName": account, "restartPolicy": "Never",
+                     "containers": [{"name": "main", "image": "herald:local", "command": command,
+                                     "env": [
             {"name": "HERALD_NAMESPACE",
              "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "PROBE_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -66,7 +68,16 @@ def pod(name: str, account: str, command: list[str], **spec: Any) -> dict[str, A
             {"name": "PROBE_MAP",
              "valueFrom": {"configMapKeyRef": {"name": "probe", "key": "word"}}},
             {"name": "PROBE_EXPANDED", "value": "$(PROBE_POD)-x $$(PROBE_POD)"},
-        ]}], **spec}}
+        ]}], **pod_spec}}}}
+
+
+def start(delivery: Delivery, name: str, command: list[str], **pod_spec: Any) -> str:
+    """Create the Job `name` and return the name of its pod, once the job controller made it."""
+    client.BatchV1Api(delivery.api).create_namespaced_job(
+        delivery.ns, job(name, "herald-job-notice", command, **pod_spec))
+    core = client.CoreV1Api(delivery.api)
+    return str(wait_for(lambda: next((p.metadata.name for p in core.list_namespaced_pod(
+        delivery.ns, label_selector=f"job-name={name}").items), None), timeout=30))
 
 
 def phase(api: client.ApiClient, namespace: str, name: str) -> str:
@@ -90,27 +101,31 @@ def test_a_pod_runs_as_its_own_service_account_with_its_environment(
     campaign_and_probe_sources(delivery, capture)
     delivery.campaign("other", capture)
     core = client.CoreV1Api(delivery.api)
-    for name in ("probe-a", "probe-b"):
-        core.create_namespaced_pod(delivery.ns, pod(
-            name, "herald-job-notice", ["python", "-c", PROBE]))
-    for name in ("probe-a", "probe-b"):
+    stray = job("stray", "herald-job-notice", ["true"])["spec"]["template"]
+    core.create_namespaced_pod(delivery.ns, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", **stray["metadata"]},
+        "spec": stray["spec"]})
+    pods = [start(delivery, name, ["python", "-c", PROBE]) for name in ("probe-a", "probe-b")]
+    for name in pods:
         ended = wait_for(lambda n=name: phase(delivery.api, delivery.ns, n) in (
             "Succeeded", "Failed") and phase(delivery.api, delivery.ns, n), timeout=60)
         assert ended == "Succeeded", output(executor, delivery.ns, name)
     seen = {name: json.loads(output(executor, delivery.ns, name).splitlines()[-1])
-            for name in ("probe-a", "probe-b")}
-    for name, found in seen.items():
+            for name in pods}
+    for (name, found), label in zip(seen.items(), ("probe-a", "probe-b"), strict=True):
         assert found["own_campaign"] == 200
         assert found["other_campaign"] == 403, "a pod may read only its own campaign"
         assert found["list_secrets"] == 403, "a pod may read only the Secrets it names"
         assert found["token_pod"] == name, "each pod has a token bound to itself"
         assert found["namespace"] == delivery.ns
-        assert found["env"] == {"PROBE_POD": name, "PROBE_LABEL": name,
+        assert found["env"] == {"PROBE_POD": name, "PROBE_LABEL": label,
                                 "PROBE_SECRET": "from-a-secret", "PROBE_MAP": "from-a-configmap",
                                 "PROBE_EXPANDED": f"{name}-x $(PROBE_POD)"}
-    bound = core.read_namespaced_pod("probe-a", delivery.ns)
+    bound = core.read_namespaced_pod(pods[0], delivery.ns)
     assert bound.spec.node_name == "herald-local"
     assert bound.status.container_statuses[0].state.terminated.exit_code == 0
+    assert core.read_namespaced_pod("stray", delivery.ns).spec.node_name is None, (
+        "a pod no Job controls is not run, whatever its labels")
 
 
 def test_a_deleted_pod_gets_sigterm_then_sigkill_after_its_grace(
@@ -122,17 +137,16 @@ def test_a_deleted_pod_gets_sigterm_then_sigkill_after_its_grace(
                 "print('running', flush=True)\n"
                 "while True: time.sleep(0.1)\n")
     core = client.CoreV1Api(delivery.api)
-    core.create_namespaced_pod(delivery.ns, pod(
-        "stubborn", "herald-job-notice", ["python", "-c", stubborn],
-        terminationGracePeriodSeconds=2))
-    wait_for(lambda: phase(delivery.api, delivery.ns, "stubborn") == "Running", timeout=60)
-    wait_for(lambda: "running" in output(executor, delivery.ns, "stubborn"), timeout=30)
+    name = start(delivery, "stubborn", ["python", "-c", stubborn],
+                 terminationGracePeriodSeconds=2)
+    wait_for(lambda: phase(delivery.api, delivery.ns, name) == "Running", timeout=60)
+    wait_for(lambda: "running" in output(executor, delivery.ns, name), timeout=30)
     told = time.monotonic()
-    core.delete_namespaced_pod("stubborn", delivery.ns)
+    core.delete_namespaced_pod(name, delivery.ns)
 
     def gone() -> bool:
         try:
-            core.read_namespaced_pod("stubborn", delivery.ns)
+            core.read_namespaced_pod(name, delivery.ns)
         except client.ApiException as err:
             return err.status == 404
         return False
@@ -140,7 +154,7 @@ def test_a_deleted_pod_gets_sigterm_then_sigkill_after_its_grace(
     wait_for(gone, timeout=20, interval=0.1)
     took = time.monotonic() - told
     print(f"gone {took:.1f} s after the delete (grace 2 s)")
-    assert "got SIGTERM" in output(executor, delivery.ns, "stubborn")
+    assert "got SIGTERM" in output(executor, delivery.ns, name)
     assert 2 <= took < 10, "SIGTERM was ignored: only SIGKILL after the grace ends it"
 
 
@@ -148,11 +162,10 @@ def test_active_deadline_fails_the_pod(
     executor: Path, delivery: Delivery, capture: Mailbox
 ) -> None:
     campaign_and_probe_sources(delivery, capture)
-    client.CoreV1Api(delivery.api).create_namespaced_pod(delivery.ns, pod(
-        "slow", "herald-job-notice", ["sleep", "60"], activeDeadlineSeconds=2,
-        terminationGracePeriodSeconds=1))
-    wait_for(lambda: phase(delivery.api, delivery.ns, "slow") == "Failed", timeout=30)
-    status = client.CoreV1Api(delivery.api).read_namespaced_pod("slow", delivery.ns).status
+    name = start(delivery, "slow", ["sleep", "60"], activeDeadlineSeconds=2,
+                 terminationGracePeriodSeconds=1)
+    wait_for(lambda: phase(delivery.api, delivery.ns, name) == "Failed", timeout=30)
+    status = client.CoreV1Api(delivery.api).read_namespaced_pod(name, delivery.ns).status
     assert status.reason == "DeadlineExceeded"
 
 
@@ -161,31 +174,38 @@ def test_a_missing_secret_keeps_the_pod_waiting_with_the_reason(
 ) -> None:
     delivery.campaign("notice", capture)
     core = client.CoreV1Api(delivery.api)
-    core.create_namespaced_pod(delivery.ns, pod("waiting", "herald-job-notice", ["true"]))
+    name = start(delivery, "waiting", ["true"])
 
     def waiting() -> Any:
-        statuses = core.read_namespaced_pod("waiting", delivery.ns).status.container_statuses
+        statuses = core.read_namespaced_pod(name, delivery.ns).status.container_statuses
         return statuses and statuses[0].state.waiting
     state = wait_for(waiting, timeout=30)
     assert state.reason == "CreateContainerConfigError"
     assert "'probe'" in state.message
 
 
-def test_stopping_the_executor_leaves_no_process_of_any_pod(
+def test_stopping_the_executor_leaves_no_process_and_fails_its_pods(
     executor: Path, delivery: Delivery, capture: Mailbox
 ) -> None:
     campaign_and_probe_sources(delivery, capture)
-    stubborn = ["sh", "-c", "trap '' TERM; sleep 2971 & sleep 2972; wait"]
-    core = client.CoreV1Api(delivery.api)
-    core.create_namespaced_pod(delivery.ns, pod("stubborn", "herald-job-notice", stubborn))
-    wait_for(lambda: phase(delivery.api, delivery.ns, "stubborn") == "Running", timeout=60)
+    stubborn = start(delivery, "stubborn", [
+        "sh", "-c", "trap '' TERM; sleep 2971 & sleep 2972; wait"])
+    # Like `herald job`, which exits 0 on SIGTERM: cut short, it did not succeed.
+    polite = start(delivery, "polite", ["sh", "-c", "trap 'exit 0' TERM; sleep 2973 & wait"])
+    for name in (stubborn, polite):
+        wait_for(lambda n=name: phase(delivery.api, delivery.ns, n) == "Running", timeout=60)
 
     def sleeping() -> list[str]:
-        done = subprocess.run(["pgrep", "-f", "^sleep 297[12]$"], capture_output=True, text=True)
+        done = subprocess.run(["pgrep", "-f", "^sleep 297[123]$"], capture_output=True,
+                              text=True)
         return done.stdout.split()
 
-    wait_for(lambda: len(sleeping()) == 2, timeout=10, interval=0.1)
+    wait_for(lambda: len(sleeping()) == 3, timeout=10, interval=0.1)
     pid = int((executor / "local-executor.pid").read_text())
     os.kill(pid, signal.SIGTERM)  # as `herald dev down` does
     wait_for(lambda: not sleeping(), timeout=15, interval=0.2)
-    assert phase(delivery.api, delivery.ns, "stubborn") == "Failed"
+    for name in (stubborn, polite):
+        assert phase(delivery.api, delivery.ns, name) == "Failed"
+    status = client.CoreV1Api(delivery.api).read_namespaced_pod(polite, delivery.ns).status
+    assert status.container_statuses[0].state.terminated.exit_code == 0
+    assert status.reason == "Terminated"
