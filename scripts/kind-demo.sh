@@ -3,7 +3,8 @@
 # Creates the cluster, builds and loads the image, installs the chart with the dev values,
 # runs an in-cluster SMTP capture (Mailpit), applies the sample campaign with its windows
 # removed (so it may send now), starts a run and shows what was delivered.
-# Needs: docker, kind, kubectl, helm. Run from the repository root.
+# Needs: docker, kind 0.23 or newer (Kubernetes 1.30 or newer, for the chart's
+# ValidatingAdmissionPolicy), kubectl, helm. Run from the repository root.
 set -euo pipefail
 cluster=${HERALD_KIND_CLUSTER:-herald}
 
@@ -31,6 +32,10 @@ until kubectl -n herald-demo get cronjob usage-notice-2026-w0 >/dev/null 2>&1; d
 kubectl -n herald-demo create job --from=cronjob/usage-notice-2026-w0 usage-notice-now
 kubectl -n herald-demo wait --for=condition=complete job/usage-notice-now --timeout=600s
 kubectl -n herald-demo get nc
+echo "Messages Mailpit received:"
+kubectl -n herald-demo run mail-count --rm -i --restart=Never --image=curlimages/curl:8.10.1 \
+  -- -s 'http://mailpit-ui:8025/api/v1/messages?limit=1'
+echo
 
 echo "See the messages: kubectl -n herald-demo port-forward svc/mailpit-ui 8025 (http://localhost:8025)"
 echo "Remove it all:    kind delete cluster --name $cluster"

@@ -42,6 +42,8 @@ class JobSettings:
 
     image: str = "herald:latest"
     image_pull_policy: str = "IfNotPresent"
+    # Secrets, in each campaign's namespace, for pulling the image from a private registry.
+    image_pull_secrets: tuple[str, ...] = ()
     # The ledger's Redis. It reaches the pods through a Secret of each campaign's own
     # (job_access), never as a literal in the CronJob, since it may hold a password.
     redis_url: str = ""
@@ -59,6 +61,8 @@ class JobSettings:
             image=os.environ.get("HERALD_JOB_IMAGE", cls.image),
             image_pull_policy=os.environ.get("HERALD_JOB_IMAGE_PULL_POLICY",
                                              cls.image_pull_policy),
+            image_pull_secrets=tuple(name for name in os.environ.get(
+                "HERALD_JOB_IMAGE_PULL_SECRETS", "").split(",") if name.strip()),
             redis_url=os.environ.get("HERALD_JOB_REDIS_URL",
                                      os.environ.get("HERALD_REDIS_URL", "")),
         )
@@ -130,12 +134,17 @@ def _job_template(
                         "runAsGroup": JOB_USER_ID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
+                    "imagePullSecrets": [{"name": name.strip()}
+                                         for name in settings.image_pull_secrets],
+                    # A writable /tmp on a read-only root, as the operator has.
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                     "containers": [{
                         "name": "deliver",
                         "image": settings.image,
                         "imagePullPolicy": settings.image_pull_policy,
                         "command": ["herald", "job"],
                         "env": _pod_env(campaign, settings),
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                         "resources": {
                             "requests": {"cpu": "100m", "memory": "128Mi"},
                             "limits": {"memory": "256Mi"},
@@ -192,7 +201,8 @@ def cronjobs(campaign: Campaign, settings: JobSettings, *, suspend: bool) -> lis
 def job_access(campaign: Campaign, settings: JobSettings | None = None
                ) -> list[dict[str, Any]]:
     """The delivery pods' ServiceAccount and exactly the access the contract lists, and
-    the Secret that holds the ledger's Redis URL for them (when the operator has one)."""
+    the Secret that holds the ledger's Redis URL for them (when the operator has one).
+    The pods need no API access to that Secret: their node resolves the secretKeyRef."""
     name = job_account_name(campaign.name)
     spec = campaign.spec
     config_maps = sorted({ref.name for ref in spec.audience.config_maps})
@@ -201,7 +211,6 @@ def job_access(campaign: Campaign, settings: JobSettings | None = None
         secrets.add(spec.smtp.credentials_secret_ref.name)
     redis_secret = []
     if settings and settings.redis_url:
-        secrets.add(name)
         redis_secret.append({
             "apiVersion": "v1", "kind": "Secret", "metadata": _metadata(campaign, name),
             "type": "Opaque",

@@ -59,6 +59,10 @@ def test_helm_lint_passes_with_each_values_file(values: str) -> None:
     ("operator.replicas=-1", "/operator/replicas"),
     ("operator.replica=1", "additional properties 'replica' not allowed"),
     ("redis.mode=memory", "'bundled', 'external'"),
+    ("operator.resources.requests.cpu=-1", "/operator/resources/requests/cpu"),
+    ("smtp.host=relay example", "/smtp/host"),
+    ("redis.mode=external,redis.external.url=redis://r:6379/0,"
+     "redis.external.existingSecret=ledger", "set url or existingSecret, not both"),
 ])
 def test_the_schema_refuses_bad_values_saying_which(setting: str, complaint: str) -> None:
     done = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
@@ -137,7 +141,8 @@ def test_install_upgrade_operate_and_uninstall(cluster: ControlPlane, tmp_path: 
     cluster.kubectl(*halt, '{"spec":{"halted":true,"reason":"INC-7"}}')
 
     helm("upgrade", RELEASE, str(CHART), "-n", NS, "-f", str(CHART / "values-dev.yaml"),
-         "--set", "operator.replicas=2", "--set", "operator.resyncSeconds=3", cp=cluster)
+         "--set", "operator.replicas=2", "--set", "operator.resyncSeconds=3",
+         "--set", "imagePullSecrets[0].name=registry-pull", cp=cluster)
     after = deployment(cluster)
     assert after["spec"]["replicas"] == 2
     assert "--resync-seconds=3" in after["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -221,9 +226,14 @@ def job_pods_get_what_they_need_and_no_more(cp: ControlPlane) -> None:
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["HERALD_DEFAULT_SMTP_HOST"] == "mailpit.herald-demo.svc"
+    assert pod["imagePullSecrets"] == [{"name": "registry-pull"}], "pods pull as the operator"
     sa = "herald-job-notice"
     assert can_i(cp, "notices", sa, "get", "notificationcampaigns.herald.dev/notice")
     assert not can_i(cp, "notices", sa, "get", "notificationcampaigns.herald.dev/other")
-    assert can_i(cp, "notices", sa, "get", "secret/herald-job-notice")  # its Redis URL
+    assert not can_i(cp, "notices", sa, "patch", "notificationcampaigns.herald.dev/notice")
+    # Its Redis URL reaches it through the node (secretKeyRef), not through the API.
+    assert not can_i(cp, "notices", sa, "get", "secret/herald-job-notice")
     assert not can_i(cp, "notices", sa, "get", "secret/herald-job-other")
     assert not can_i(cp, "notices", sa, "list", "secrets")
+    assert can_i(cp, "notices", sa, "watch", "deliveryhalts.herald.dev/cluster")
+    assert not can_i(cp, "notices", sa, "patch", "deliveryhalts.herald.dev/cluster")

@@ -48,7 +48,7 @@ def test_without_windows_one_cronjob_runs_every_resume_interval() -> None:
     assert hourly["spec"]["schedule"] == "0 * * * *"
 
 
-def test_pods_find_redis_in_a_secret_of_their_campaign_that_only_they_may_read() -> None:
+def test_pods_find_redis_in_a_secret_of_their_campaign_resolved_by_their_node() -> None:
     campaign, settings = make(), JobSettings(redis_url="redis://:pw@redis:6379/0")
     [cj] = cronjobs(campaign, settings, suspend=False)
     container = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
@@ -60,8 +60,17 @@ def test_pods_find_redis_in_a_secret_of_their_campaign_that_only_they_may_read()
     [secret] = [o for o in objects if o["kind"] == "Secret"]
     assert base64.b64decode(secret["data"]["redis-url"]).decode() == settings.redis_url
     [role] = [o for o in objects if o["kind"] == "Role"]
-    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["herald-job-notice"],
-            "verbs": ["get"]} in role["rules"]
+    assert not [r for r in role["rules"] if "secrets" in r["resources"]], (
+        "the pods themselves need no access to it")
+
+
+def test_pods_pull_with_the_installs_secrets_and_have_a_writable_tmp() -> None:
+    settings = JobSettings(image_pull_secrets=("registry-pull",))
+    [cj] = cronjobs(make(), settings, suspend=False)
+    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-pull"}]
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
 
 
 def rules_of(campaign: Campaign) -> list[dict[str, Any]]:

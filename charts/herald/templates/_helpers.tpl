@@ -31,6 +31,13 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
+{{/* imagePullSecrets' names, comma-separated: pass .Values.imagePullSecrets. */}}
+{{- define "herald.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range . }}{{ $names = append $names .name }}{{ end -}}
+{{- join "," $names -}}
+{{- end -}}
+
 {{/* The Secret holding the ledger's Redis URL under the key `url`. */}}
 {{- define "herald.redisSecret" -}}
 {{- if and (eq .Values.redis.mode "external") .Values.redis.external.existingSecret -}}
