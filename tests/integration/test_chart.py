@@ -70,6 +70,17 @@ def test_the_schema_refuses_bad_values_saying_which(setting: str, complaint: str
     assert complaint in done.stderr, done.stderr
 
 
+def test_the_service_monitor_is_rendered_only_where_its_api_is_served() -> None:
+    def kinds(*extra: str) -> list[str]:
+        out = helm("template", RELEASE, str(CHART), "-n", NS, "-f",
+                   str(CHART / "values-prod.yaml"), *extra).stdout
+        return [d["kind"] for d in yaml.safe_load_all(out) if d]
+
+    assert "ServiceMonitor" not in kinds()
+    assert kinds("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor").count(
+        "ServiceMonitor") == 1
+
+
 def test_each_environment_renders_what_the_api_server_accepts(cluster: ControlPlane) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
