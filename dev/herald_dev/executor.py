@@ -119,6 +119,7 @@ class Executor:
         self.running: dict[str, Running] = {}  # pod uid → its process
         self.done: set[str] = set()  # uids whose final status was written
         self.retry_at: dict[str, float] = {}  # uid → when to try a failed start again
+        self.removed: set[str] = set()  # uids whose deletion was confirmed
         self.heartbeat = 0.0
 
     # -- the Node -------------------------------------------------------------------------
@@ -207,6 +208,7 @@ class Executor:
                 log.exception("pod %s/%s", item.namespace, item.name)
         if pods is not None:
             self.done &= seen
+            self.removed &= seen
             self.retry_at = {uid: t for uid, t in self.retry_at.items() if uid in seen}
             self.alive.touch()
 
@@ -226,8 +228,9 @@ class Executor:
                 item = self.running[uid]
                 if item.killing_at is None:
                     self.stop_process(item, grace=meta.get("deletionGracePeriodSeconds", 30))
-            else:
+            elif uid not in self.removed:  # a Job's finalizer may hold it a while yet
                 self.remove(pod)  # a kubelet confirms the deletion once nothing runs
+                self.removed.add(uid)
             return
         if uid in self.running or uid in self.done or phase in ("Succeeded", "Failed"):
             return
@@ -310,6 +313,8 @@ class Executor:
         env: dict[str, str] = {}
         for source in container.get("envFrom") or []:
             ref = source.get("configMapRef") or source.get("secretRef") or {}
+            if not ref.get("name"):
+                raise ConfigError("envFrom: an entry without configMapRef or secretRef")
             data = self.data("Secret" if "secretRef" in source else "ConfigMap", namespace,
                              ref["name"], optional=bool(ref.get("optional")))
             env.update({source.get("prefix", "") + k: v for k, v in data.items()})
@@ -390,12 +395,13 @@ class Executor:
             os.killpg(item.proc.pid, signal.SIGKILL)   # ends a container's every process
         code = item.proc.wait()
         pod = self.read(item)
-        if pod is not None and pod["metadata"].get("deletionTimestamp"):
-            self.remove(pod)
-        elif pod is not None:
+        if pod is not None:  # the final phase first, as a kubelet writes it, also when deleted
             exit_code = 128 + -code if code < 0 else code
             phase = "Succeeded" if code == 0 and not item.reason else "Failed"
             self.set_status(pod, phase, item, exit_code=exit_code, reason=item.reason)
+            if pod["metadata"].get("deletionTimestamp"):
+                self.remove(pod)
+                self.removed.add(uid)
         del self.running[uid]
         self.done.add(uid)
         log.info("pod %s/%s exited with %d", item.namespace, item.name, code)
