@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup controlplane demo lint test unit integration
+.PHONY: setup controlplane demo bench lint test unit integration
 
 setup: $(VENV)/.installed
 	@bash dev/install-system-packages.sh
@@ -21,6 +21,10 @@ controlplane: setup
 # The main job on the local stack: the sample campaign, delivered and checked.
 demo: controlplane
 	$(BIN)/herald demo
+
+# What Herald's guarantees cost: herald job against a naive mailer, side by side.
+bench: controlplane
+	$(BIN)/python -m herald_dev.bench
 
 lint: setup
 	$(BIN)/ruff check dev operator jobs tests
