@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -182,12 +183,17 @@ class Figures:
 
     @property
     def per_second(self) -> float:
-        """Messages per second once running: the slope between the two sizes."""
-        return (self.count - self.count // 10) / max(self.full - self.small, 1e-9)
+        """Messages per second once running: the slope between the two sizes (nan when
+        the noise of the fixed cost hides it: too few messages)."""
+        if self.full <= self.small:
+            return math.nan
+        return (self.count - self.count // 10) / (self.full - self.small)
 
     @property
     def fixed(self) -> float:
         """Seconds a run costs whatever its size: start-up, set-up, shut-down."""
+        if math.isnan(self.per_second):
+            return self.small
         return max(self.small - (self.count // 10) / self.per_second, 0.0)
 
 
@@ -217,6 +223,8 @@ def report(console: Console, count: int, connections: int,
         f"{name} " + ", ".join(f"{s.seconds:.2f}/{f.seconds:.2f} s" for s, f in pairs)
         for name, pairs in runs.items()))
     console.print("Redis: " + ", ".join(f"{k} {v}" for k, v in LEDGER_REDIS_SETTINGS.items()))
+    if math.isnan(herald.per_second) or math.isnan(baseline.per_second):
+        console.print("The fixed cost hides the running rate (nan): raise --recipients.")
 
 
 def main(argv: list[str] | None = None) -> int:
