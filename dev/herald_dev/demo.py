@@ -198,7 +198,7 @@ class Demo:
     # -- what it shows --------------------------------------------------------------------
 
     def summary(self, name: str, csv_text: str, seconds: float) -> None:
-        # The operator sees the last count within its resync (15 s) and calls it Completed.
+        # The operator reacts to the last count, and the end of the Job, with Completed.
         status = self.wait(f"{name} phase Completed", lambda: (
             s := self.status(name)).get("phase") == "Completed" and s, 30)
         reasons = self.failure_reasons(name, status.get("dedupeKey") or "")

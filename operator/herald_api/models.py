@@ -186,21 +186,28 @@ class Smtp(ApiModel):
     host: str | None = Field(default=None, min_length=1, description=(
         "SMTP relay host; unset: the install's default relay (its host, port and security)."))
     port: Annotated[int, Field(ge=1, le=65535)] = 587
-    security: Literal["STARTTLS", "TLS", "None"] = "STARTTLS"
+    security: Literal["STARTTLS", "TLS", "None"] = Field(default="STARTTLS", description=(
+        "STARTTLS upgrades a plain session, TLS is TLS from the start, None is plain text."))
     credentials_secret_ref: SecretRef | None = Field(
         default=None,
         description="Secret with keys username and password; unset means no AUTH.")
-    timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 30
+    timeout_seconds: Annotated[int, Field(ge=1, le=600, description=(
+        "Longest wait for one SMTP reply; a timeout after DATA is an unknown outcome."))] = 30
     connections: Annotated[int, Field(ge=1, le=100, description="SMTP sessions per pod.")] = 10
 
 
 class Delivery(ApiModel):
-    guarantee: Literal["AtMostOnce", "AtLeastOnce"] = "AtMostOnce"
+    guarantee: Literal["AtMostOnce", "AtLeastOnce"] = Field(default="AtMostOnce", description=(
+        "AtMostOnce never resends a message whose handover was ambiguous (it stays unknown); "
+        "AtLeastOnce resends it with the same Message-ID, up to maxAttempts copies."))
     dedupe_key: Annotated[str, Field(
         max_length=128,
         description="Empty: fixed at the first send from a hash of spec.message.")] = ""
-    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
-    backoff_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    max_attempts: Annotated[int, Field(ge=1, le=10, description=(
+        "Attempts per recipient: a temporary failure is retried until then and is then "
+        "failed; under AtLeastOnce an unknown outcome too."))] = 3
+    backoff_seconds: Annotated[int, Field(ge=1, le=3600, description=(
+        "Wait before a recipient's next attempt."))] = 60
     rate_per_second: Annotated[int, Field(
         ge=1, le=10000, description="Across all pods of the campaign.")] = 50
     parallelism: Annotated[int, Field(ge=1, le=50, description="Pods per run.")] = 2

@@ -114,7 +114,9 @@ def _job_template(
 ) -> dict[str, Any]:
     spec = campaign.spec
     return {
-        "metadata": {"labels": labels(campaign.namespace, campaign.name)},
+        # The full name, where labels truncate: the operator finds the campaign of a Job.
+        "metadata": {"labels": labels(campaign.namespace, campaign.name),
+                     "annotations": {CAMPAIGN_ANNOTATION: f"{campaign.namespace}/{campaign.name}"}},
         "spec": {
             # Pods cooperate on one queue: the Job is done when one pod succeeds and the
             # others have stopped (no completions count).

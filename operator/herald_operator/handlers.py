@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from herald_api import GROUP, VERSION
+from herald_api.names import CAMPAIGN_ANNOTATION, MANAGED_BY
 from herald_operator.reconcile import reconcile, reconcile_all
 
 PREFIX = "kopf.herald.dev"
@@ -50,4 +51,14 @@ def _needs_a_look(status: kopf.Status, **_: Any) -> bool:
 @kopf.on.event(GROUP, VERSION, "notificationcampaigns", when=_needs_a_look)
 def status_written(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     # At once, not at the next resync. A pass writes only what changed, so this settles.
+    reconcile(memo.kube, str(namespace), name, memo.settings)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+               annotations={CAMPAIGN_ANNOTATION: kopf.PRESENT})
+def job_changed(namespace: str | None, annotations: kopf.Annotations, memo: kopf.Memo,
+                **_: Any) -> None:
+    # A run started or ended (also one made with `kubectl create job --from`): the phase
+    # moves to Running and back now, not at the next resync.
+    name = annotations[CAMPAIGN_ANNOTATION].partition("/")[2]
     reconcile(memo.kube, str(namespace), name, memo.settings)
