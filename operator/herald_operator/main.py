@@ -12,7 +12,6 @@ import socket
 import sys
 from typing import Any, cast
 
-import kopf
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -21,7 +20,6 @@ from prometheus_client import start_http_server
 
 from herald_api import GROUP
 from herald_api.kubeclient import api_client
-from herald_operator import handlers  # noqa: F401  (registers the handlers)
 from herald_operator.builders import JobSettings
 from herald_operator.kube import Kube
 from herald_operator.reconcile import reconcile_all
@@ -134,6 +132,8 @@ async def _resync(kube: Kube, settings: JobSettings, args: argparse.Namespace,
 
 
 async def _run(args: argparse.Namespace, api: client.ApiClient) -> None:
+    import kopf
+
     kube = Kube(api, args.namespaces)
     settings = JobSettings.from_env()
     priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
@@ -161,6 +161,11 @@ async def _run(args: argparse.Namespace, api: client.ApiClient) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # kopf and the handlers only here: `herald job` shares the CLI and starts faster without.
+    import kopf
+
+    from herald_operator import handlers  # noqa: F401  (registers the handlers)
+
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose=False)
     try:
         api = api_client()
