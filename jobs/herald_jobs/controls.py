@@ -9,6 +9,7 @@ that cannot tell whether it was suspended does not send (fail closed).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -48,10 +49,19 @@ class Watched:
         self.exists = False
         self.confirmed_at = 0.0  # time.monotonic() of the last answer from the API
         self.stopping = threading.Event()
+        self.response: Any = None  # the open watch's HTTP response
         self.thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop(self) -> None:
+        """End the thread soon: it may be waiting on its watch's next line."""
+        self.stopping.set()
+        # The read returns at once, not at the watch's timeout. Nothing to do when no watch
+        # is open yet or it is ending anyway.
+        with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
+            self.response.shutdown()
 
     def fresh(self) -> bool:
         return time.monotonic() - self.confirmed_at < CONFIRM_SECONDS
@@ -61,6 +71,10 @@ class Watched:
         self.exists = bool(items)
         self.confirmed_at = time.monotonic()
 
+    def _watch(self, *args: Any, **kwargs: Any) -> Any:
+        self.response = self.lister(*args, **kwargs)
+        return self.response
+
     def _run(self) -> None:
         while not self.stopping.is_set():
             try:
@@ -68,7 +82,7 @@ class Watched:
                 self._take(listed.get("items") or [])
                 version = listed["metadata"]["resourceVersion"]
                 for event in watch.Watch().stream(
-                        self.lister, **self.selector, resource_version=version,
+                        self._watch, **self.selector, resource_version=version,
                         timeout_seconds=WATCH_SECONDS, _request_timeout=WATCH_SECONDS + 3):
                     if self.stopping.is_set():
                         return
@@ -111,10 +125,10 @@ class Controls:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """End both watches and wait for their threads (each ends within a watch period):
-        threads still inside TLS when the interpreter exits can abort it."""
+        """End both watches and wait for their threads: threads still inside TLS when the
+        interpreter exits can abort it."""
         for watched in (self.campaign, self.halt):
-            watched.stopping.set()
+            watched.stop()
         for watched in (self.campaign, self.halt):
             if watched.thread.is_alive():
                 watched.thread.join(WATCH_SECONDS + 4)
