@@ -23,7 +23,6 @@ from herald_api.names import (
 )
 from herald_api.windows import max_length, minutes_of, schedules
 
-JOB_USER_ID = 10001
 REDIS_URL_KEY = "redis-url"  # in the Secret named like the campaign's ServiceAccount
 NO_WINDOW_RUN_SECONDS = 24 * 3600  # the backstop of a run of a campaign without windows
 
@@ -44,6 +43,7 @@ class JobSettings:
     image_pull_policy: str = "IfNotPresent"
     # Secrets, in each campaign's namespace, for pulling the image from a private registry.
     image_pull_secrets: tuple[str, ...] = ()
+    user_id: int = 10001  # the pods' user and group: the image's USER, or the install's
     # The ledger's Redis. It reaches the pods through a Secret of each campaign's own
     # (job_access), never as a literal in the CronJob, since it may hold a password.
     redis_url: str = ""
@@ -63,6 +63,7 @@ class JobSettings:
                                              cls.image_pull_policy),
             image_pull_secrets=tuple(name for name in os.environ.get(
                 "HERALD_JOB_IMAGE_PULL_SECRETS", "").split(",") if name.strip()),
+            user_id=int(os.environ.get("HERALD_JOB_USER_ID") or cls.user_id),
             redis_url=os.environ.get("HERALD_JOB_REDIS_URL",
                                      os.environ.get("HERALD_REDIS_URL", "")),
         )
@@ -132,8 +133,8 @@ def _job_template(
                     "terminationGracePeriodSeconds": spec.smtp.timeout_seconds + 30,
                     "securityContext": {
                         "runAsNonRoot": True,
-                        "runAsUser": JOB_USER_ID,
-                        "runAsGroup": JOB_USER_ID,
+                        "runAsUser": settings.user_id,
+                        "runAsGroup": settings.user_id,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "imagePullSecrets": [{"name": name.strip()}

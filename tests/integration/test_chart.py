@@ -153,7 +153,8 @@ def test_install_upgrade_operate_and_uninstall(cluster: ControlPlane, tmp_path: 
 
     helm("upgrade", RELEASE, str(CHART), "-n", NS, "-f", str(CHART / "values-dev.yaml"),
          "--set", "operator.replicas=2", "--set", "operator.resyncSeconds=3",
-         "--set", "imagePullSecrets[0].name=registry-pull", cp=cluster)
+         "--set", "imagePullSecrets[0].name=registry-pull",
+         "--set", "securityContext.runAsUser=20002", cp=cluster)
     after = deployment(cluster)
     assert after["spec"]["replicas"] == 2
     assert "--resync-seconds=3" in after["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -238,6 +239,7 @@ def job_pods_get_what_they_need_and_no_more(cp: ControlPlane) -> None:
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["HERALD_DEFAULT_SMTP_HOST"] == "mailpit.herald-demo.svc"
     assert pod["imagePullSecrets"] == [{"name": "registry-pull"}], "pods pull as the operator"
+    assert pod["securityContext"]["runAsUser"] == 20002, "and run as its user"
     sa = "herald-job-notice"
     assert can_i(cp, "notices", sa, "get", "notificationcampaigns.herald.dev/notice")
     assert not can_i(cp, "notices", sa, "get", "notificationcampaigns.herald.dev/other")

@@ -64,11 +64,13 @@ def test_pods_find_redis_in_a_secret_of_their_campaign_resolved_by_their_node() 
         "the pods themselves need no access to it")
 
 
-def test_pods_pull_with_the_installs_secrets_and_have_a_writable_tmp() -> None:
-    settings = JobSettings(image_pull_secrets=("registry-pull",))
+def test_pods_pull_and_run_as_the_install_says_and_have_a_writable_tmp() -> None:
+    settings = JobSettings(image_pull_secrets=("registry-pull",), user_id=20002)
     [cj] = cronjobs(make(), settings, suspend=False)
     pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "registry-pull"}]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
+        20002, 20002)
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["containers"][0]["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
 
