@@ -37,8 +37,10 @@ def campaign_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 
 
 @kopf.on.event(GROUP, VERSION, "deliveryhalts")
-def halt_changed(memo: kopf.Memo, **_: Any) -> None:
-    reconcile_all(memo.kube, memo.settings)
+def halt_changed(type: str, memo: kopf.Memo, **_: Any) -> None:
+    # A deleted halt object comes back at the next resync, not from here: `helm uninstall`
+    # deletes it a moment before the operator, which must not leave a new one behind.
+    reconcile_all(memo.kube, memo.settings, keep_halt_object=type != "DELETED")
 
 
 def _needs_a_look(status: kopf.Status, **_: Any) -> bool:

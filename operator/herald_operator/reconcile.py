@@ -298,9 +298,9 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
     return str(status["phase"])
 
 
-def reconcile_all(kube: Kube, settings: JobSettings) -> None:
+def reconcile_all(kube: Kube, settings: JobSettings, *, keep_halt_object: bool = True) -> None:
     """Every campaign, then the cluster-wide bindings whose campaign is gone."""
-    if kube.halt() is None:
+    if keep_halt_object and kube.halt() is None:
         kube.ensure_halt_object()  # the halt command needs it (deleting it needs no halt)
     phases: dict[str, int] = {}
     for body in kube.campaigns():

@@ -207,6 +207,19 @@ def test_there_is_one_halt_object_and_the_operator_keeps_it(
     wait_for(lambda: "cluster" in k8s.cp.kubectl("get", "deliveryhalts", "-o", "name"), 30)
 
 
+def test_a_deleted_halt_object_comes_back_at_the_resync_not_at_once(
+    start_operator: Callable[..., Service], k8s: Cluster
+) -> None:
+    # `helm uninstall` deletes the halt object a moment before the operator: an operator
+    # that put it back at once would leave an object behind that no release owns.
+    start_operator("--resync-seconds", "600")
+    k8s.cp.kubectl("delete", "deliveryhalt", "cluster")
+    time.sleep(3)
+    assert "cluster" not in k8s.cp.kubectl("get", "deliveryhalts", "-o", "name")
+    start_operator()  # one that starts puts it back (and the resync of the other would)
+    wait_for(lambda: "cluster" in k8s.cp.kubectl("get", "deliveryhalts", "-o", "name"), 30)
+
+
 def test_deleting_a_campaign_collects_what_it_owned(
     operator: Service, k8s: Cluster, api: client.ApiClient
 ) -> None:
