@@ -204,8 +204,9 @@ def test_stopping_the_executor_leaves_no_process_and_fails_its_pods(
     pid = int((executor / "local-executor.pid").read_text())
     os.kill(pid, signal.SIGTERM)  # as `herald dev down` does
     wait_for(lambda: not sleeping(), timeout=15, interval=0.2)
-    for name in (stubborn, polite):
-        assert phase(delivery.api, delivery.ns, name) == "Failed"
+    # Each pod's phase is written once its processes are gone, a moment after the last one.
+    wait_for(lambda: [phase(delivery.api, delivery.ns, name) for name in (stubborn, polite)]
+             == ["Failed", "Failed"], timeout=10)
     status = client.CoreV1Api(delivery.api).read_namespaced_pod(polite, delivery.ns).status
     assert status.container_statuses[0].state.terminated.exit_code == 0
     assert status.reason == "Terminated"
