@@ -11,7 +11,6 @@ MANAGED_BY = "herald-operator"
 LABEL_CAMPAIGN = "herald.dev/campaign"
 LABEL_NAMESPACE = "herald.dev/campaign-namespace"
 CAMPAIGN_ANNOTATION = "herald.dev/campaign"  # namespace/name in full, where labels truncate
-HALT_READER_CLUSTER_ROLE = "herald-job-halt-reader"
 # Set by a person to the id of a ledger loss (status.ledgerLoss.id): delivery may go on.
 LEDGER_LOSS_ACK = "herald.dev/ledger-loss-acknowledged"
 
@@ -37,13 +36,6 @@ def cronjob_name(campaign: str, window: int, part: int, parts: int) -> str:
 def job_account_name(campaign: str) -> str:
     """The ServiceAccount, Role and RoleBinding of a campaign's delivery pods."""
     return fit(f"herald-job-{campaign}", LABEL_VALUE_MAX)
-
-
-def halt_binding_name(namespace: str, campaign: str) -> str:
-    """The ClusterRoleBinding that lets a campaign's pods read the DeliveryHalt."""
-    # Cluster-wide, so always hashed: "a-b"/"c" and "a"/"b-c" must not meet.
-    suffix = short_hash(namespace, campaign)
-    return f"{fit(f'herald-job-{namespace}-{campaign}', LABEL_VALUE_MAX - 9)}-{suffix}"
 
 
 def labels(namespace: str, campaign: str) -> dict[str, str]:

@@ -15,9 +15,7 @@ from herald_api import API_VERSION, GROUP
 from herald_api.models import DEFAULT_RELAY_ENV, CampaignSpec
 from herald_api.names import (
     CAMPAIGN_ANNOTATION,
-    HALT_READER_CLUSTER_ROLE,
     cronjob_name,
-    halt_binding_name,
     job_account_name,
     labels,
 )
@@ -203,9 +201,10 @@ def cronjobs(campaign: Campaign, settings: JobSettings, *, suspend: bool) -> lis
 
 def job_access(campaign: Campaign, settings: JobSettings | None = None
                ) -> list[dict[str, Any]]:
-    """The delivery pods' ServiceAccount and exactly the access the contract lists, and
-    the Secret that holds the ledger's Redis URL for them (when the operator has one).
-    The pods need no API access to that Secret: their node resolves the secretKeyRef."""
+    """The delivery pods' ServiceAccount and exactly the access the contract lists (but
+    reading the halt, which the install grants every ServiceAccount), and the Secret that
+    holds the ledger's Redis URL for them (when the operator has one). The pods need no
+    API access to that Secret: their node resolves the secretKeyRef."""
     name = job_account_name(campaign.name)
     spec = campaign.spec
     config_maps = sorted({ref.name for ref in spec.audience.config_maps})
@@ -233,8 +232,6 @@ def job_access(campaign: Campaign, settings: JobSettings | None = None
         rules.append({"apiGroups": [""], "resources": ["secrets"],
                       "resourceNames": sorted(secrets), "verbs": ["get"]})
     subject = {"kind": "ServiceAccount", "name": name, "namespace": campaign.namespace}
-    cluster_labels = labels(campaign.namespace, campaign.name)
-    full_name = {CAMPAIGN_ANNOTATION: f"{campaign.namespace}/{campaign.name}"}
     return [
         *redis_secret,
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(campaign, name)},
@@ -243,13 +240,5 @@ def job_access(campaign: Campaign, settings: JobSettings | None = None
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": _metadata(campaign, name),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [subject]},
-        # Cluster-scoped, so no owner reference: the operator deletes it with the campaign.
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": halt_binding_name(campaign.namespace, campaign.name),
-                      "labels": cluster_labels,
-                      "annotations": full_name},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": HALT_READER_CLUSTER_ROLE},
          "subjects": [subject]},
     ]

@@ -54,11 +54,6 @@ class Kube:
                                                       label_selector=selector)
         return [item.to_dict() for item in found.items]
 
-    def all_managed(self, api_version: str, kind: str) -> list[dict[str, Any]]:
-        found = self._resource(api_version, kind).get(
-            label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}")
-        return [item.to_dict() for item in found.items]
-
     def campaigns(self) -> list[dict[str, Any]]:
         resource = self._resource(API_VERSION, "NotificationCampaign")
         if not self.namespaces:

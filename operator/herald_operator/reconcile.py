@@ -18,7 +18,7 @@ from kubernetes.dynamic.exceptions import ForbiddenError
 from pydantic import ValidationError
 
 from herald_api.models import CampaignSpec, audience_version, content_key
-from herald_api.names import CAMPAIGN_ANNOTATION, LEDGER_LOSS_ACK, acknowledge_loss_command
+from herald_api.names import LEDGER_LOSS_ACK, acknowledge_loss_command
 from herald_api.windows import is_open, next_window_start
 from herald_operator import metrics
 from herald_operator.builders import Campaign, JobSettings, cronjobs, job_access
@@ -299,7 +299,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
 
 
 def reconcile_all(kube: Kube, settings: JobSettings, *, keep_halt_object: bool = True) -> None:
-    """Every campaign, then the cluster-wide bindings whose campaign is gone."""
+    """Every campaign."""
     if keep_halt_object and kube.halt() is None:
         kube.ensure_halt_object()  # the halt command needs it (deleting it needs no halt)
     phases: dict[str, int] = {}
@@ -314,11 +314,3 @@ def reconcile_all(kube: Kube, settings: JobSettings, *, keep_halt_object: bool =
         if phase:
             phases[phase] = phases.get(phase, 0) + 1
     metrics.set_phases(phases)
-    for binding in kube.all_managed("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"):
-        owner = (binding["metadata"].get("annotations") or {}).get(CAMPAIGN_ANNOTATION, "")
-        namespace, _, name = owner.partition("/")
-        if kube.namespaces and namespace not in kube.namespaces:
-            continue  # another operator's campaign
-        if name and kube.campaign(namespace, name) is None:
-            kube.delete("rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
-                        binding["metadata"]["name"], None)

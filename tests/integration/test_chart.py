@@ -144,6 +144,7 @@ def test_install_upgrade_operate_and_uninstall(cluster: ControlPlane, tmp_path: 
     installed = herald_objects(cluster)
     for expected in ("deployment.apps/herald-operator", "statefulset.apps/herald-redis",
                      "clusterrole.rbac.authorization.k8s.io/herald-job-halt-reader",
+                     "clusterrolebinding.rbac.authorization.k8s.io/herald-job-halt-reader",
                      "clusterrole.rbac.authorization.k8s.io/herald-halt-admin",
                      "deliveryhalt.herald.dev/cluster", "clusterkopfpeering.kopf.dev/herald"):
         assert expected in installed
@@ -194,6 +195,11 @@ def test_a_namespaced_install_serves_only_its_namespaces(
             wait_for(lambda: phase(cluster, "team-a", "notice") == "Scheduled", timeout=60)
             time.sleep(4)  # more than a resync
             assert phase(cluster, "team-b", "elsewhere") == ""
+            # The halt is readable by the watched namespaces' ServiceAccounts only.
+            assert can_i(cluster, "team-a", "herald-job-notice", "watch",
+                         "deliveryhalts.herald.dev/cluster")
+            assert not can_i(cluster, "team-b", "default", "get",
+                             "deliveryhalts.herald.dev/cluster")
     finally:
         helm("uninstall", RELEASE, "-n", NS, cp=cluster)
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from herald_api.models import CampaignSpec, with_default_relay
-from herald_api.names import CRONJOB_NAME_MAX, cronjob_name, halt_binding_name, job_account_name
+from herald_api.names import CRONJOB_NAME_MAX, cronjob_name, job_account_name
 from herald_operator.builders import Campaign, JobSettings, cronjobs, job_access
 
 
@@ -30,7 +30,6 @@ def test_long_names_are_cut_with_a_hash_and_stay_distinct() -> None:
     assert one.endswith("-w0")
     assert cronjob_name("notice", 1, 2, 3) == "notice-w1-2"
     assert len(job_account_name(base * 2)) <= 63
-    assert halt_binding_name("a-b", "c") != halt_binding_name("a", "b-c")
 
 
 def test_the_same_campaign_always_builds_the_same_objects() -> None:
