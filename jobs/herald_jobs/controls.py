@@ -58,6 +58,9 @@ class Watched:
     def stop(self) -> None:
         """End the thread soon: it may be waiting on its watch's next line."""
         self.stopping.set()
+        self._interrupt()
+
+    def _interrupt(self) -> None:
         # The read returns at once, not at the watch's timeout. Nothing to do when no watch
         # is open yet or it is ending anyway.
         with contextlib.suppress(AttributeError, ValueError, RuntimeError, OSError):
@@ -73,6 +76,8 @@ class Watched:
 
     def _watch(self, *args: Any, **kwargs: Any) -> Any:
         self.response = self.lister(*args, **kwargs)
+        if self.stopping.is_set():  # stop() came while this watch was being opened
+            self._interrupt()
         return self.response
 
     def _run(self) -> None:

@@ -63,4 +63,5 @@ def job_changed(namespace: str | None, annotations: kopf.Annotations, memo: kopf
     # A run started or ended (also one made with `kubectl create job --from`): the phase
     # moves to Running and back now, not at the next resync.
     name = annotations[CAMPAIGN_ANNOTATION].partition("/")[2]
-    reconcile(memo.kube, str(namespace), name, memo.settings)
+    if name:  # a hand-edited annotation names no campaign
+        reconcile(memo.kube, str(namespace), name, memo.settings)

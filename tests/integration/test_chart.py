@@ -70,6 +70,19 @@ def test_the_schema_refuses_bad_values_saying_which(setting: str, complaint: str
     assert complaint in done.stderr, done.stderr
 
 
+def test_a_user_id_from_a_values_file_reaches_the_pods_as_an_integer(tmp_path: Path) -> None:
+    # Helm reads numbers in values files as floats: 1000680000 must not become 1.00068e+09.
+    values = tmp_path / "values.yaml"
+    values.write_text("securityContext:\n  runAsUser: 1000680000\n")
+    out = helm("template", RELEASE, str(CHART), "-n", NS, "-f", str(values)).stdout
+    [deployment] = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == "herald-operator"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1000680000
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HERALD_JOB_USER_ID"] == "1000680000"
+
+
 def test_the_service_monitor_is_rendered_only_where_its_api_is_served() -> None:
     def kinds(*extra: str) -> list[str]:
         out = helm("template", RELEASE, str(CHART), "-n", NS, "-f",
