@@ -112,6 +112,9 @@ def test_each_environment_renders_what_the_api_server_accepts(cluster: ControlPl
     [operator_role] = [d for d in staging if d and d["kind"] == "ClusterRole"
                        and d["metadata"]["name"] == "herald-operator"]
     assert not any("cronjobs" in r["resources"] for r in operator_role["rules"])
+    [operator] = [d for d in staging if d and d["kind"] == "Deployment"]
+    [spread] = operator["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname", "replicas on different nodes"
 
 
 def herald_objects(cp: ControlPlane) -> list[str]:
