@@ -34,6 +34,21 @@ class CampaignSource:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, PLURAL, self.name, body)
 
+    def record_loss(self, body: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
+        """Write `loss` as status.ledgerLoss unless a peer recorded the same loss first; the
+        loss in status either way, so that every pod names one id to acknowledge."""
+        while True:
+            found = (body.get("status") or {}).get("ledgerLoss") or {}
+            if (found.get("expected"), found.get("found")) == (loss["expected"], loss["found"]):
+                return dict(found)
+            try:
+                self.patch_status({"ledgerLoss": loss}, body["metadata"]["resourceVersion"])
+                return loss
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+            body = self.read()  # changed since: perhaps a peer's record of this loss
+
     def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         post_event(self.core, body["metadata"], "herald-job", type_, reason, message)
 

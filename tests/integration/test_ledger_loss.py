@@ -94,6 +94,23 @@ def test_a_flushed_ledger_halts_the_campaign_and_nothing_is_resent(
     wait_for(lambda: status_of(delivery, "notice").get("phase") == "Halted", timeout=20)
 
 
+def test_pods_that_find_one_loss_together_name_one_id_to_acknowledge(
+    operator: Service, delivery: Delivery, capture: Mailbox
+) -> None:
+    delivery.campaign("notice", capture, audience={"inline": FIVE})
+    assert delivery.run("notice")[0] == 0
+    wait_for(lambda: status_of(delivery, "notice").get("ledger"), timeout=10)
+    redis.Redis.from_url(delivery.redis_url).flushall()
+    workers = [delivery.start("notice") for _ in range(4)]  # the pods of one run
+    assert [w.wait(timeout=60) for w in workers] == [0, 0, 0, 0]
+    loss_id = status_of(delivery, "notice")["ledgerLoss"]["id"]
+    lost = events(delivery, "LedgerLost")
+    assert lost and all(f"={loss_id}" in message for message in lost), (loss_id, lost)
+    wait_for(lambda: halted_condition(delivery, "notice").get("reason") == "LedgerLost", 20)
+    assert f"={loss_id}" in halted_condition(delivery, "notice")["message"]
+    assert len(capture.journal()) == 5
+
+
 @pytest.mark.parametrize("change, reason", [
     ({"id": "0123456789abcdef"}, "another ledger"),
     ({"handovers": 2}, "an older ledger"),
