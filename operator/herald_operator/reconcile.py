@@ -180,15 +180,15 @@ def events_of(old: dict[str, Any], new: dict[str, Any], generation: int
                                                                  "ContentChanged"):
         changed = next(c for c in new_conditions if c["type"] == "ContentChanged")
         events.append(("Warning", "ContentChanged", changed["message"]))
-    for type_, on, off in (("Suspended", "Suspended", "Resumed"),
-                           ("Halted", "Halted", "HaltLifted")):
+    for type_, on, off, lifted in (("Suspended", "Suspended", "Resumed", "no longer suspended"),
+                                   ("Halted", "Halted", "HaltLifted", "no longer halted")):
         before, after = is_true(old_conditions, type_), is_true(new_conditions, type_)
         if before != after:
             why = next((c["message"] for c in new_conditions if c["type"] == type_), "")
             events.append(("Warning" if after and type_ == "Halted" else "Normal",
                            on if after else off,
                            (f"delivery stopped: {why}" if why else "delivery stopped")
-                           if after else "delivery may go on"))
+                           if after else f"{lifted}; phase {new['phase']}"))
     invalid = next(c for c in new_conditions if c["type"] == "Invalid")
     old_invalid = [c for c in old_conditions if c.get("type") == "Invalid"]
     if invalid["status"] == "True" and (
