@@ -157,9 +157,9 @@ class Bench:
             [sys.executable, "-m", "herald_dev.cli", "job", "--namespace", ns, "--campaign",
              name, "--redis-url", self.redis_url],
             {**os.environ, "KUBECONFIG": str(kubeconfig)}, self.workdir / f"{ns}.log")
-        sent = sum(int(redis.Redis.from_url(self.redis_url).hget(key, "sent") or 0)
-                   for key in redis.Redis.from_url(self.redis_url).scan_iter(
-                       match=f"herald:{{{ns}/{name}}}:*:counts"))
+        ledger = redis.Redis.from_url(self.redis_url)
+        sent = sum(int(ledger.hget(key, "sent") or 0)
+                   for key in ledger.scan_iter(match=f"herald:{{{ns}/{name}}}:*:counts"))
         if sent != count:
             raise RuntimeError(f"herald sent {sent} of {count}; see {ns}.log")
         return measured

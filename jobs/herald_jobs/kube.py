@@ -35,8 +35,10 @@ class CampaignSource:
             GROUP, VERSION, self.namespace, PLURAL, self.name, body)
 
     def record_loss(self, body: dict[str, Any], loss: dict[str, Any]) -> dict[str, Any]:
-        """Write `loss` as status.ledgerLoss unless a peer recorded the same loss first; the
-        loss in status either way, so that every pod names one id to acknowledge."""
+        """Write `loss` as status.ledgerLoss unless status already records the same loss (an
+        earlier run's, or a peer's that wrote first); return the loss in status, so that
+        every pod names one id to acknowledge. Another loss, or Redis changed since the
+        recorded one was shown, is written with its new id."""
         while True:
             found = (body.get("status") or {}).get("ledgerLoss") or {}
             if (found.get("expected"), found.get("found")) == (loss["expected"], loss["found"]):

@@ -365,13 +365,10 @@ async def settle_ledger(client: aioredis.Redis, source: CampaignSource,
             "the ledger changed under a run: marks it had made were gone, or it was "
             "replaced (an older copy restored, a failover to a replica that lagged)")
         found = check.record if check.id else None
-        loss = status.get("ledgerLoss") or {}
-        if (loss.get("expected") != check.recorded or loss.get("found") != found):
-            # A new loss, or Redis changed since this one was shown: a new id to acknowledge.
-            loss = await asyncio.to_thread(source.record_loss, body, {
-                "id": secrets.token_hex(8), "reason": reason,
-                "detectedAt": stamp(dt.datetime.now(dt.UTC)), "expected": check.recorded,
-                "found": found})
+        loss = await asyncio.to_thread(source.record_loss, body, {
+            "id": secrets.token_hex(8), "reason": reason,
+            "detectedAt": stamp(dt.datetime.now(dt.UTC)), "expected": check.recorded,
+            "found": found})
         command = acknowledge_loss_command(source.namespace, source.name, loss["id"])
         await asyncio.to_thread(
             source.event, body, "Warning", "LedgerLost",

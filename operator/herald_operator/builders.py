@@ -59,7 +59,7 @@ class JobSettings:
             image=os.environ.get("HERALD_JOB_IMAGE", cls.image),
             image_pull_policy=os.environ.get("HERALD_JOB_IMAGE_PULL_POLICY",
                                              cls.image_pull_policy),
-            image_pull_secrets=tuple(name for name in os.environ.get(
+            image_pull_secrets=tuple(name.strip() for name in os.environ.get(
                 "HERALD_JOB_IMAGE_PULL_SECRETS", "").split(",") if name.strip()),
             user_id=int(os.environ.get("HERALD_JOB_USER_ID") or cls.user_id),
             redis_url=os.environ.get("HERALD_JOB_REDIS_URL",
@@ -135,8 +135,7 @@ def _job_template(
                         "runAsGroup": settings.user_id,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "imagePullSecrets": [{"name": name.strip()}
-                                         for name in settings.image_pull_secrets],
+                    "imagePullSecrets": [{"name": name} for name in settings.image_pull_secrets],
                     # A writable /tmp on a read-only root, as the operator has.
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                     "containers": [{
