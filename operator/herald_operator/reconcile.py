@@ -299,7 +299,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], settings: JobSettings,
 
 
 def reconcile_all(kube: Kube, settings: JobSettings, *, keep_halt_object: bool = True) -> None:
-    """Every campaign."""
+    """The halt object (unless told to leave it deleted), then every campaign."""
     if keep_halt_object and kube.halt() is None:
         kube.ensure_halt_object()  # the halt command needs it (deleting it needs no halt)
     phases: dict[str, int] = {}
